@@ -1,0 +1,175 @@
+"""The ``agentcast`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import click
+
+from agentcast import __version__
+from agentcast.config import ConfigError, ServerConfig, load_config
+
+
+def _server_options(func: Any) -> Any:
+    options = [
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(dir_okay=False),
+            envvar="AGENTCAST_CONFIG",
+            help="TOML config file.",
+        ),
+        click.option("--host", default=None, help="Address to bind (default 127.0.0.1)."),
+        click.option("--port", type=int, default=None, help="WebSocket port (default 8765)."),
+        click.option("--http-port", type=int, default=None, help="HTTP port (default 8766)."),
+        click.option("--log-level", default=None, help="debug, info, warning or error."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _load(config_path: str | None, **overrides: Any) -> ServerConfig:
+    try:
+        return load_config(config_path, overrides=overrides)
+    except ConfigError as exc:
+        raise click.UsageError(exc.message) from None
+
+
+@click.group()
+@click.version_option(__version__, prog_name="agentcast")
+def main() -> None:
+    """agentcast: a realtime backbone for multi-agent AI systems."""
+
+
+@main.command()
+@_server_options
+def serve(
+    config_path: str | None,
+    host: str | None,
+    port: int | None,
+    http_port: int | None,
+    log_level: str | None,
+) -> None:
+    """Run a node on the embedded defaults (no external service needed)."""
+    from agentcast.node import Node
+    from agentcast.runtime import run, setup_logging, stop_on_signals
+
+    config = _load(config_path, host=host, port=port, http_port=http_port, log_level=log_level)
+    setup_logging(config.log_level)
+
+    async def serve_until_signal() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        async with Node(config) as node:
+            click.echo(f"agentcast {__version__} node {node.node_id}", err=True)
+            click.echo(f"  websocket  {node.ws_url}", err=True)
+            click.echo(
+                f"  http       {node.http_url}  (/v1/publish /healthz /readyz /metrics)", err=True
+            )
+            await stop.wait()
+            click.echo("draining: closing connections with code 4000 (reconnect)", err=True)
+
+    run(serve_until_signal())
+
+
+@main.command()
+@_server_options
+@click.option(
+    "--sessions", type=int, default=3, show_default=True, help="Simulated multi-agent sessions."
+)
+@click.option("--agents", type=int, default=24, show_default=True, help="Agents per session.")
+@click.option(
+    "--rate", type=float, default=2.0, show_default=True, help="Messages per second per agent."
+)
+@click.option(
+    "--duration",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Seconds to run (0: until Ctrl-C).",
+)
+@click.option(
+    "--no-live",
+    is_flag=True,
+    help="Print a summary line per second instead of the live view (for logs and CI).",
+)
+def demo(
+    config_path: str | None,
+    host: str | None,
+    port: int | None,
+    http_port: int | None,
+    log_level: str | None,
+    sessions: int,
+    agents: int,
+    rate: float,
+    duration: float,
+    no_live: bool,
+) -> None:
+    """Serve plus a simulated multi-agent workload, with a live terminal view."""
+    from agentcast.demo.run import run_demo
+
+    config = _load(
+        config_path, host=host, port=port, http_port=http_port, log_level=log_level or "warning"
+    )
+    sys.exit(
+        run_demo(
+            config, sessions=sessions, agents=agents, rate=rate, duration=duration, live=not no_live
+        )
+    )
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks that print JSON (see docs/benchmarks.md)."""
+
+
+@bench.command("fanout")
+@click.option("--subscribers", type=int, default=1000, show_default=True)
+@click.option("--messages", type=int, default=200, show_default=True)
+@click.option("--size", type=int, default=64, show_default=True, help="Payload bytes.")
+@click.option(
+    "--rate",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Messages per second (0: burst, as fast as acks allow).",
+)
+@click.option(
+    "--server", type=click.Choice(["agentcast", "naive"]), default="agentcast", show_default=True
+)
+@click.option("--idle", is_flag=True, help="Only open the connections and report RSS each.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Append the JSON result as one line to this file.",
+)
+def bench_fanout(
+    subscribers: int,
+    messages: int,
+    size: int,
+    rate: float,
+    server: str,
+    idle: bool,
+    as_json: bool,
+    output: str | None,
+) -> None:
+    """Fan-out from one publisher to many subscribers over loopback."""
+    from agentcast.bench.fanout import run_fanout_cli
+
+    sys.exit(
+        run_fanout_cli(
+            subscribers=subscribers,
+            messages=messages,
+            size=size,
+            rate=rate,
+            server=server,
+            idle=idle,
+            as_json=as_json,
+            output=output,
+        )
+    )

@@ -1,0 +1,106 @@
+"""One client connection as the hub sees it: subscriptions, outbound queue and writer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from agentcast.hub.outbound import Entry, OutboundQueue
+from agentcast.protocol.commands import Policy
+
+if TYPE_CHECKING:
+    from agentcast.hub.hub import Hub
+
+
+class Sink(Protocol):
+    """The transport side of a connection; every method must return without blocking."""
+
+    def write(self, data: bytes) -> None:
+        """Hand bytes (one or more complete WebSocket frames) to the transport."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Send a close frame with ``code`` and drop the connection."""
+
+    def ping(self) -> None:
+        """Send a WebSocket-level ping."""
+
+
+class Subscription:
+    """A connection's interest in one pattern. Hashed by identity."""
+
+    __slots__ = ("key_header", "order", "owner", "pattern", "policy")
+
+    def __init__(
+        self, owner: Connection, pattern: str, policy: Policy, key_header: str, order: int
+    ) -> None:
+        self.owner = owner
+        self.pattern = pattern
+        self.policy = policy
+        self.key_header = key_header
+        self.order = order
+
+
+class Connection:
+    """Per-connection state. The hub owns every mutation; the transport only reports."""
+
+    __slots__ = (
+        "client",
+        "closed",
+        "dirty",
+        "hello_done",
+        "hub",
+        "id",
+        "last_recv",
+        "last_send",
+        "next_order",
+        "paused",
+        "queue",
+        "sink",
+        "subscriptions",
+    )
+
+    def __init__(self, hub: Hub, conn_id: str, sink: Sink, queue: OutboundQueue, now: float):
+        self.hub = hub
+        self.id = conn_id
+        self.sink = sink
+        self.queue = queue
+        self.client: str | None = None
+        self.subscriptions: dict[str, Subscription] = {}
+        self.hello_done = False
+        self.paused = False
+        self.closed = False
+        self.dirty = False
+        self.last_recv = now
+        self.last_send = now
+        self.next_order = 0
+
+    @property
+    def source(self) -> str:
+        """The envelope ``source`` of events this connection publishes."""
+        return f"ac://client/{self.client or self.id}"
+
+    def send_control(self, frame: bytes) -> None:
+        """Queue a reply frame (never dropped) and schedule a flush."""
+        if self.closed:
+            return
+        self.queue.push_control(Entry(frame, None, None, self.hub.clock()))
+        self.hub.mark_dirty(self)
+
+    def flush(self, now: float) -> None:
+        """Write everything queued in one transport write, unless paused or closed."""
+        self.dirty = False
+        if self.closed or self.paused or not len(self.queue):
+            return
+        stats = self.hub.stats
+        stats.queue_length.observe(len(self.queue))
+        entries = self.queue.take_all()
+        stats.write_latency.observe(now - entries[0].published_at)
+        if len(entries) == 1:
+            data = entries[0].frame
+            stats.deliveries += entries[0].policy is not None
+        else:
+            data = b"".join([entry.frame for entry in entries])
+            stats.deliveries += sum(1 for entry in entries if entry.policy is not None)
+        stats.writes += 1
+        stats.bytes_written += len(data)
+        self.last_send = now
+        self.sink.write(data)

@@ -1,0 +1,271 @@
+"""The hub: connection registry, subscriptions, and encode-once fan-out.
+
+Contract:
+
+* :meth:`Hub.publish` assigns the event its position, encodes it **once** into a complete
+  WebSocket frame, and hands that frame to the outbound queue of every matching connection
+  (at most once per connection). It never waits on a connection: a full queue applies the
+  subscription's slow-consumer policy right there.
+* Queued frames are written by :meth:`Hub.flush_dirty`, scheduled once per event-loop
+  iteration through ``call_soon``; each connection's pending frames leave in one transport
+  write.
+* Per-topic order: events of a topic are queued in ``seq`` order on every connection and the
+  writer never reorders; a drop policy may remove events but never swap them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import count
+from typing import Any
+
+import orjson
+
+from agentcast.errors import NotSubscribed, PayloadTooLarge, TooManySubscriptions
+from agentcast.hub.config import HubConfig
+from agentcast.hub.connection import Connection, Sink, Subscription
+from agentcast.hub.dedupe import DedupeWindow
+from agentcast.hub.outbound import Entry, OutboundQueue, PushOutcome
+from agentcast.hub.sequencer import LamportClock, MemorySequencer
+from agentcast.hub.stats import HubStats
+from agentcast.hub.topic_index import TopicIndex
+from agentcast.protocol.codes import CloseCode
+from agentcast.protocol.commands import Policy, Publish
+from agentcast.protocol.envelope import new_event_id, rfc3339_now
+from agentcast.protocol.frames import event_message, ws_text_frame
+from agentcast.protocol.topics import tenant_of
+
+
+@dataclass(slots=True, frozen=True)
+class PublishResult:
+    """Where a publication landed; ``duplicate`` means an idempotency key matched."""
+
+    id: str
+    topic: str
+    seq: int
+    epoch: str
+    lamport: int
+    duplicate: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "topic": self.topic,
+            "seq": self.seq,
+            "epoch": self.epoch,
+            "lamport": self.lamport,
+            "duplicate": self.duplicate,
+        }
+
+
+class Hub:
+    """Single-node fan-out. All methods run on one event loop thread."""
+
+    def __init__(
+        self,
+        config: HubConfig,
+        call_soon: Callable[[Callable[[], None]], object],
+        *,
+        node_id: str = "node",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.node_id = node_id
+        self.clock = clock
+        self.stats = HubStats()
+        self.connections: dict[str, Connection] = {}
+        self.index: TopicIndex[Subscription] = TopicIndex()
+        self.sequencer = MemorySequencer(config.max_topics)
+        self.lamport = LamportClock()
+        self.dedupe: DedupeWindow[PublishResult] = DedupeWindow(
+            config.dedupe_window, config.max_dedupe_keys, clock
+        )
+        self._call_soon = call_soon
+        self._ids = count(1)
+        self._dirty: list[Connection] = []
+        self._flush_scheduled = False
+
+    # -- connections -------------------------------------------------------------------
+
+    def connect(self, sink: Sink) -> Connection:
+        """Register a new connection writing to ``sink``."""
+        conn_id = f"{self.node_id}-{next(self._ids)}"
+        queue = OutboundQueue(self.config.max_queue_messages, self.config.max_queue_bytes)
+        conn = Connection(self, conn_id, sink, queue, self.clock())
+        self.connections[conn_id] = conn
+        self.stats.connections_opened += 1
+        return conn
+
+    def disconnected(self, conn: Connection) -> None:
+        """The transport lost ``conn``: forget it and its subscriptions (idempotent)."""
+        if self.connections.pop(conn.id, None) is None:
+            return
+        conn.closed = True
+        conn.queue.clear()
+        for sub in conn.subscriptions.values():
+            self.index.remove(sub)
+        conn.subscriptions.clear()
+        self.stats.connections_closed += 1
+
+    def close(self, conn: Connection, code: CloseCode, reason: str, *, flush: bool) -> None:
+        """Close ``conn`` with ``code``; with ``flush`` its queued frames are written first."""
+        if conn.closed:
+            return
+        if flush:
+            conn.paused = False
+            conn.flush(self.clock())
+        conn.closed = True
+        conn.queue.clear()
+        conn.sink.close(int(code), reason)
+        self.disconnected(conn)
+
+    def close_all(self, code: CloseCode, reason: str) -> None:
+        """Close every connection (graceful shutdown), flushing what each has queued."""
+        for conn in list(self.connections.values()):
+            self.close(conn, code, reason, flush=True)
+
+    def set_paused(self, conn: Connection, paused: bool) -> None:
+        """The transport's write buffer crossed its high (True) or low (False) mark."""
+        conn.paused = paused
+        if not paused and len(conn.queue):
+            self.mark_dirty(conn)
+
+    def sweep(self, now: float) -> None:
+        """Heartbeats and idle timeouts; call every second or so."""
+        idle_timeout = self.config.idle_timeout
+        heartbeat = self.config.heartbeat_interval
+        for conn in list(self.connections.values()):
+            if now - conn.last_recv > idle_timeout:
+                self.close(conn, CloseCode.IDLE_TIMEOUT, "idle timeout", flush=False)
+            elif now - conn.last_send >= heartbeat:
+                conn.last_send = now
+                conn.sink.ping()
+
+    # -- subscriptions -----------------------------------------------------------------
+
+    def subscribe(
+        self, conn: Connection, pattern: str, policy: Policy | None, key_header: str
+    ) -> Subscription:
+        """Add or replace ``conn``'s subscription to ``pattern`` (validated by the caller)."""
+        existing = conn.subscriptions.get(pattern)
+        if existing is None and len(conn.subscriptions) >= self.config.max_subscriptions:
+            raise TooManySubscriptions(
+                f"a connection holds at most {self.config.max_subscriptions} subscriptions"
+            )
+        if existing is not None:
+            self.index.remove(existing)
+        order = existing.order if existing is not None else conn.next_order
+        conn.next_order += existing is None
+        sub = Subscription(conn, pattern, policy or self.config.default_policy, key_header, order)
+        conn.subscriptions[pattern] = sub
+        self.index.add(sub)
+        return sub
+
+    def unsubscribe(self, conn: Connection, pattern: str) -> None:
+        """Remove ``conn``'s subscription to ``pattern`` or raise :class:`NotSubscribed`."""
+        sub = conn.subscriptions.pop(pattern, None)
+        if sub is None:
+            raise NotSubscribed(f"not subscribed to {pattern!r}")
+        self.index.remove(sub)
+
+    # -- publishing --------------------------------------------------------------------
+
+    def publish(self, cmd: Publish, source: str) -> PublishResult:
+        """Sequence, encode once and fan out one event; see the module contract.
+
+        Raises :class:`PayloadTooLarge` before anything is assigned if the payload is too big.
+        """
+        dedupe_key = None
+        if cmd.idempotency_key is not None:
+            dedupe_key = f"{tenant_of(cmd.topic)}\x00{cmd.idempotency_key}"
+            seen = self.dedupe.get(dedupe_key)
+            if seen is not None:
+                self.stats.duplicates += 1
+                return PublishResult(
+                    seen.id, seen.topic, seen.seq, seen.epoch, seen.lamport, duplicate=True
+                )
+        payload = orjson.dumps(cmd.payload)
+        if len(payload) > self.config.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"payload is {len(payload)} bytes; the limit is {self.config.max_payload_bytes}"
+            )
+        epoch, seq = self.sequencer.next(cmd.topic)
+        lamport = self.lamport.tick(cmd.lamport)
+        event_id = new_event_id()
+        envelope = orjson.dumps(
+            {
+                "id": event_id,
+                "topic": cmd.topic,
+                "seq": seq,
+                "epoch": epoch,
+                "time": rfc3339_now(),
+                "source": source,
+                "correlation_id": cmd.correlation_id,
+                "causation_id": cmd.causation_id,
+                "lamport": lamport,
+                "headers": cmd.headers,
+                "payload": orjson.Fragment(payload),
+            }
+        )
+        result = PublishResult(event_id, cmd.topic, seq, epoch, lamport)
+        if dedupe_key is not None:
+            self.dedupe.put(dedupe_key, result)
+        self.stats.publishes += 1
+        self._fan_out(cmd.topic, ws_text_frame(event_message(envelope)), cmd.headers)
+        return result
+
+    def _fan_out(self, topic: str, frame: bytes, headers: dict[str, str]) -> None:
+        subs = self.index.match(topic)
+        if not subs:
+            return
+        now = self.clock()
+        entries: dict[tuple[Policy, str], Entry] = {}
+        dirty = self._dirty
+        for sub in subs:
+            variant = (sub.policy, sub.key_header)
+            entry = entries.get(variant)
+            if entry is None:
+                key = headers.get(sub.key_header) if sub.policy is Policy.LATEST_PER_KEY else None
+                entry = entries[variant] = Entry(frame, sub.policy, key, now)
+            conn = sub.owner
+            queue = conn.queue
+            dropped_before = queue.dropped
+            outcome = queue.push(entry)
+            if outcome is PushOutcome.QUEUED:
+                if not conn.dirty:
+                    conn.dirty = True
+                    dirty.append(conn)
+            elif outcome is PushOutcome.DROPPED:
+                drops = self.stats.drops
+                name = sub.policy.value
+                drops[name] = drops.get(name, 0) + queue.dropped - dropped_before
+                if not conn.dirty:
+                    conn.dirty = True
+                    dirty.append(conn)
+            else:
+                self.stats.slow_disconnects += 1
+                self.close(conn, CloseCode.SLOW_CONSUMER, "slow consumer", flush=False)
+        if dirty and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._call_soon(self.flush_dirty)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def mark_dirty(self, conn: Connection) -> None:
+        """Schedule ``conn``'s writer for the end of this loop iteration."""
+        if not conn.dirty:
+            conn.dirty = True
+            self._dirty.append(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._call_soon(self.flush_dirty)
+
+    def flush_dirty(self) -> None:
+        """Run the writer of every connection that has something queued."""
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        now = self.clock()
+        for conn in dirty:
+            conn.flush(now)

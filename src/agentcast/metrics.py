@@ -1,0 +1,94 @@
+"""Prometheus exposition of a hub's counters (read at scrape time, never per message)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from agentcast.hub.hub import Hub
+from agentcast.hub.stats import Histogram
+
+
+def _histogram(name: str, doc: str, hist: Histogram) -> HistogramMetricFamily:
+    buckets = [
+        ("+Inf" if bound == float("inf") else repr(bound), count)
+        for bound, count in hist.cumulative()
+    ]
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=hist.total)
+
+
+class HubCollector(Collector):
+    """Yields the ``agentcast_*`` families for one hub (see docs/operations.md)."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self.hub
+        stats = hub.stats
+        yield GaugeMetricFamily(
+            "agentcast_connections", "Open client connections.", value=len(hub.connections)
+        )
+        yield GaugeMetricFamily(
+            "agentcast_subscriptions", "Active subscriptions.", value=len(hub.index)
+        )
+        yield GaugeMetricFamily(
+            "agentcast_queued_messages",
+            "Frames waiting in outbound queues.",
+            value=sum(len(conn.queue) for conn in hub.connections.values()),
+        )
+        counters = {
+            "agentcast_connections_opened": ("Connections accepted.", stats.connections_opened),
+            "agentcast_publishes": ("Publications accepted.", stats.publishes),
+            "agentcast_duplicate_publishes": (
+                "Publishes answered from the idempotency window.",
+                stats.duplicates,
+            ),
+            "agentcast_deliveries": ("Event frames written to connections.", stats.deliveries),
+            "agentcast_writes": ("Transport writes (after coalescing).", stats.writes),
+            "agentcast_bytes_written": ("Bytes handed to transports.", stats.bytes_written),
+            "agentcast_slow_consumer_disconnects": (
+                "Connections closed by the disconnect policy.",
+                stats.slow_disconnects,
+            ),
+            "agentcast_command_errors": ("Commands refused with an error.", stats.errors),
+        }
+        for name, (doc, value) in counters.items():
+            yield CounterMetricFamily(name, doc, value=value)
+        drops = CounterMetricFamily(
+            "agentcast_drops", "Events dropped by a slow-consumer policy.", labels=["policy"]
+        )
+        for policy, value in sorted(stats.drops.items()):
+            drops.add_metric([policy], value)
+        yield drops
+        yield _histogram(
+            "agentcast_queue_length",
+            "Outbound queue length seen by each writer flush.",
+            stats.queue_length,
+        )
+        yield _histogram(
+            "agentcast_publish_to_write_seconds",
+            "Time from publication to transport write (oldest frame of each flush).",
+            stats.write_latency,
+        )
+
+
+def make_registry(hub: Hub) -> CollectorRegistry:
+    """A registry holding the hub's families and the process's CPU and memory."""
+    registry = CollectorRegistry()
+    registry.register(HubCollector(hub))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text exposition of ``registry``."""
+    return generate_latest(registry)

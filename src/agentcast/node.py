@@ -1,0 +1,128 @@
+"""Composition root: one agentcast node wired from a :class:`ServerConfig`.
+
+Lifecycle: :meth:`Node.start` binds the WebSocket and HTTP listeners and only then reports
+ready; :meth:`Node.stop` reports not-ready, stops accepting, closes every connection with
+code 4000 (reconnect) after flushing what is queued, and waits for sockets to drain up to
+``shutdown_grace`` seconds. ``async with Node(config) as node`` does both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from types import TracebackType
+
+from aiohttp import web
+
+from agentcast.config import ServerConfig
+from agentcast.hub.hub import Hub
+from agentcast.metrics import make_registry, render
+from agentcast.protocol.codes import CloseCode
+from agentcast.transport.http import make_http_app
+from agentcast.transport.ws import WS_PATH, WebSocketConnection, start_websocket_server
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL = 1.0
+
+
+class Node:
+    """One agentcast server process's worth of state."""
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config or ServerConfig()
+        self.node_id = self.config.node_id or f"n{secrets.token_hex(3)}"
+        self.hub: Hub | None = None
+        self.ready = False
+        self.ws_port = 0
+        self.http_port = 0
+        self._ws_server: asyncio.AbstractServer | None = None
+        self._http_runner: web.AppRunner | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._sockets: set[WebSocketConnection] = set()
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.config.host}:{self.ws_port}{WS_PATH}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.config.host}:{self.http_port}"
+
+    async def start(self) -> None:
+        """Bind both listeners; ready once both accept connections."""
+        loop = asyncio.get_running_loop()
+        config = self.config
+        hub = self.hub = Hub(config.hub, loop.call_soon, node_id=self.node_id)
+        registry = make_registry(hub)
+        self._ws_server = await start_websocket_server(
+            hub, config.host, config.port, self._sockets, max_frame_bytes=config.max_frame_bytes
+        )
+        self.ws_port = self._ws_server.sockets[0].getsockname()[1]
+        app = make_http_app(hub, ready=lambda: self.ready, metrics=lambda: render(registry))
+        self._http_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._http_runner.setup()
+        site = web.TCPSite(self._http_runner, config.host, config.http_port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.http_port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._sweeper = asyncio.create_task(self._sweep(), name="agentcast-sweep")
+        self.ready = True
+        log.info("agentcast node %s ready: %s and %s", self.node_id, self.ws_url, self.http_url)
+
+    async def stop(self) -> None:
+        """Drain and close; safe to call twice."""
+        self.ready = False
+        if self._ws_server is not None:
+            self._ws_server.close()
+        if self.hub is not None:
+            self.hub.close_all(CloseCode.SHUTDOWN, "server shutting down")
+            await self._wait_drained(self.config.shutdown_grace)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if self._http_runner is not None:
+            await self._http_runner.cleanup()
+            self._http_runner = None
+        if self._ws_server is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._ws_server.wait_closed(), self.config.shutdown_grace)
+            self._ws_server = None
+
+    async def _wait_drained(self, grace: float) -> None:
+        """Wait until every socket has closed, at most ``grace`` seconds."""
+        sockets = [sock.transport for sock in self._sockets if sock.transport is not None]
+        if not sockets:
+            return
+        waits = [asyncio.ensure_future(t.wait_disconnected()) for t in sockets]
+        _, pending = await asyncio.wait(waits, timeout=grace)
+        for sock in list(self._sockets):
+            if sock.transport is not None:
+                sock.transport.disconnect(graceful=False)
+        for fut in pending:
+            fut.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _sweep(self) -> None:
+        hub = self.hub
+        assert hub is not None
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            hub.sweep(hub.clock())
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

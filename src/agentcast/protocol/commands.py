@@ -1,0 +1,231 @@
+"""Client commands of protocol v1: decoding and validation (sans-I/O).
+
+:func:`decode_command` turns one text frame into a typed command or raises a
+:class:`~agentcast.errors.ProtocolError` whose ``command_id`` is the frame's ``id`` when it
+could be read, so the caller can address the error reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from agentcast.errors import (
+    BadJson,
+    MissingField,
+    ProtocolError,
+    UnknownCommand,
+    Unsupported,
+    UnsupportedProtocol,
+    WildcardPublish,
+)
+from agentcast.protocol.topics import is_pattern, validate_pattern, validate_topic
+
+CommandId = int | str | None
+
+MAX_ID_LENGTH = 64
+MAX_NAME_LENGTH = 128
+MAX_HEADERS = 32
+MAX_HEADER_NAME = 64
+MAX_HEADER_VALUE = 1024
+PROTOCOL_VERSION = 1
+
+
+class Policy(StrEnum):
+    """What happens when a subscriber's outbound queue is full."""
+
+    DISCONNECT = "disconnect"
+    DROP_OLDEST = "drop_oldest"
+    DROP_NEWEST = "drop_newest"
+    LATEST_PER_KEY = "latest_per_key"
+
+
+@dataclass(slots=True, frozen=True)
+class Hello:
+    id: CommandId
+    client: str | None = None
+    token: str | None = None
+    resume: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class Subscribe:
+    id: CommandId
+    topic: str
+    policy: Policy | None = None
+    key_header: str = "key"
+
+
+@dataclass(slots=True, frozen=True)
+class Unsubscribe:
+    id: CommandId
+    topic: str
+
+
+@dataclass(slots=True, frozen=True)
+class Publish:
+    id: CommandId
+    topic: str
+    payload: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    ack: bool = True
+    idempotency_key: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    lamport: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class Ping:
+    id: CommandId
+
+
+Command = Hello | Subscribe | Unsubscribe | Publish | Ping
+
+
+def _command_id(obj: dict[str, Any]) -> CommandId:
+    value = obj.get("id")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ProtocolError("'id' must be an integer or a string")
+    if isinstance(value, str) and len(value) > MAX_ID_LENGTH:
+        raise ProtocolError(f"'id' is longer than {MAX_ID_LENGTH} characters")
+    return value
+
+
+def _opt_str(obj: dict[str, Any], name: str, limit: int = MAX_NAME_LENGTH) -> str | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(f"'{name}' must be a string")
+    if len(value) > limit:
+        raise ProtocolError(f"'{name}' is longer than {limit} characters")
+    return value
+
+
+def _required(obj: dict[str, Any], name: str) -> Any:
+    if name not in obj:
+        raise MissingField(f"'{name}' is required for '{obj.get('cmd')}'")
+    return obj[name]
+
+
+def parse_headers(value: Any) -> dict[str, str]:
+    """Validate a headers object (string to string, bounded); ``None`` means no headers."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError("'headers' must be an object of strings")
+    if len(value) > MAX_HEADERS:
+        raise ProtocolError(f"at most {MAX_HEADERS} headers")
+    for name, item in value.items():
+        if not isinstance(item, str):
+            raise ProtocolError(f"header {name[:64]!r} must be a string")
+        if not name or len(name) > MAX_HEADER_NAME:
+            raise ProtocolError(f"header names are 1-{MAX_HEADER_NAME} characters")
+        if len(item) > MAX_HEADER_VALUE:
+            raise ProtocolError(f"header {name!r} is longer than {MAX_HEADER_VALUE} characters")
+    return value
+
+
+def _hello(cid: CommandId, obj: dict[str, Any]) -> Hello:
+    version = obj.get("protocol", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION or isinstance(version, bool):
+        raise UnsupportedProtocol(f"protocol {version!r} is not supported; this server speaks 1")
+    resume = obj.get("resume") or {}
+    if not isinstance(resume, dict):
+        raise ProtocolError("'resume' must be an object of topic -> position")
+    return Hello(cid, _opt_str(obj, "client"), _opt_str(obj, "token", 16384), resume)
+
+
+def _subscribe(cid: CommandId, obj: dict[str, Any]) -> Subscribe:
+    topic = validate_pattern(_required(obj, "topic"))
+    for reserved in ("since", "group"):
+        if obj.get(reserved) is not None:
+            raise Unsupported(f"'{reserved}' needs durable topics, which are not enabled")
+    policy_name = obj.get("policy")
+    policy: Policy | None = None
+    if policy_name is not None:
+        try:
+            policy = Policy(policy_name)
+        except ValueError:
+            names = ", ".join(p.value for p in Policy)
+            raise ProtocolError(f"'policy' must be one of {names}") from None
+    key_header = _opt_str(obj, "key_header", MAX_HEADER_NAME) or "key"
+    return Subscribe(cid, topic, policy, key_header)
+
+
+def _unsubscribe(cid: CommandId, obj: dict[str, Any]) -> Unsubscribe:
+    return Unsubscribe(cid, validate_pattern(_required(obj, "topic")))
+
+
+def parse_publish_fields(cid: CommandId, obj: dict[str, Any]) -> Publish:
+    """Validate the fields of a publish (shared by the WebSocket and HTTP APIs)."""
+    topic = _required(obj, "topic")
+    if isinstance(topic, str) and is_pattern(topic):
+        raise WildcardPublish(f"cannot publish to the pattern {topic[:80]!r}")
+    validate_topic(topic)
+    ack = obj.get("ack", True)
+    if not isinstance(ack, bool):
+        raise ProtocolError("'ack' must be a boolean")
+    lamport = obj.get("lamport", 0)
+    if lamport is None:
+        lamport = 0
+    if isinstance(lamport, bool) or not isinstance(lamport, int) or lamport < 0:
+        raise ProtocolError("'lamport' must be a non-negative integer")
+    return Publish(
+        cid,
+        topic,
+        obj.get("payload"),
+        parse_headers(obj.get("headers")),
+        ack,
+        _opt_str(obj, "idempotency_key"),
+        _opt_str(obj, "correlation_id"),
+        _opt_str(obj, "causation_id"),
+        lamport,
+    )
+
+
+def _ping(cid: CommandId, obj: dict[str, Any]) -> Ping:
+    return Ping(cid)
+
+
+_PARSERS: dict[str, Callable[[CommandId, dict[str, Any]], Command]] = {
+    "hello": _hello,
+    "subscribe": _subscribe,
+    "unsubscribe": _unsubscribe,
+    "publish": parse_publish_fields,
+    "ping": _ping,
+}
+
+
+def decode_command(data: bytes | str) -> Command:
+    """Decode and validate one command frame.
+
+    Raises :class:`ProtocolError` (with ``command_id`` set when known) for bad JSON, a
+    non-object, an unknown ``cmd``, a missing field or a bad value.
+    """
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BadJson(f"frame is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise BadJson("a command must be a JSON object")
+    cid: CommandId = None
+    try:
+        cid = _command_id(obj)
+        name = obj.get("cmd")
+        if name is None:
+            raise MissingField("'cmd' is required")
+        parser = _PARSERS.get(name) if isinstance(name, str) else None
+        if parser is None:
+            raise UnknownCommand(f"unknown command {str(name)[:64]!r}")
+        return parser(cid, obj)
+    except ProtocolError as exc:
+        exc.command_id = cid
+        raise

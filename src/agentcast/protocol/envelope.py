@@ -1,0 +1,102 @@
+"""The event envelope and its CloudEvents 1.0 mapping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import uuid_utils
+
+JSON = Any
+
+
+def new_event_id() -> str:
+    """A new UUIDv7 (time-ordered) as a string."""
+    return str(uuid_utils.uuid7())
+
+
+def rfc3339_now() -> str:
+    """The current UTC time in RFC 3339 with microseconds and a ``Z`` suffix."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True, frozen=True)
+class Envelope:
+    """One event as delivered to subscribers; see docs/protocol.md for every field."""
+
+    id: str
+    topic: str
+    seq: int
+    epoch: str
+    time: str
+    source: str
+    payload: JSON = None
+    headers: dict[str, str] = field(default_factory=dict)
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    lamport: int = 0
+
+    def to_dict(self) -> dict[str, JSON]:
+        """The envelope as the JSON object of the wire protocol."""
+        return {
+            "id": self.id,
+            "topic": self.topic,
+            "seq": self.seq,
+            "epoch": self.epoch,
+            "time": self.time,
+            "source": self.source,
+            "correlation_id": self.correlation_id,
+            "causation_id": self.causation_id,
+            "lamport": self.lamport,
+            "headers": self.headers,
+            "payload": self.payload,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, JSON]) -> Envelope:
+        """Build an envelope from its wire object (missing optional fields get defaults)."""
+        return cls(
+            id=data["id"],
+            topic=data["topic"],
+            seq=int(data["seq"]),
+            epoch=data["epoch"],
+            time=data["time"],
+            source=data["source"],
+            payload=data.get("payload"),
+            headers=dict(data.get("headers") or {}),
+            correlation_id=data.get("correlation_id"),
+            causation_id=data.get("causation_id"),
+            lamport=int(data.get("lamport") or 0),
+        )
+
+
+def to_cloudevent(envelope: Envelope) -> dict[str, JSON]:
+    """Map an envelope onto a CloudEvents 1.0 JSON-format event.
+
+    Extensions: ``sequence`` (string), ``epoch``, ``correlationid``, ``causationid``,
+    ``lamport``, and every header under its lowercased name with non-alphanumerics removed
+    (so ``traceparent`` lands on the distributed-tracing extension).
+    """
+    event: dict[str, JSON] = {
+        "specversion": "1.0",
+        "id": envelope.id,
+        "source": envelope.source,
+        "type": "agentcast.event",
+        "subject": envelope.topic,
+        "time": envelope.time,
+        "datacontenttype": "application/json",
+        "data": envelope.payload,
+        "sequence": str(envelope.seq),
+        "epoch": envelope.epoch,
+        "lamport": envelope.lamport,
+    }
+    if envelope.correlation_id is not None:
+        event["correlationid"] = envelope.correlation_id
+    if envelope.causation_id is not None:
+        event["causationid"] = envelope.causation_id
+    for name, value in envelope.headers.items():
+        key = "".join(ch for ch in name.lower() if ch.isalnum())
+        if key and key not in event:
+            event[key] = value
+    return event

@@ -1,0 +1,71 @@
+"""HTTP API on aiohttp: publish, health, readiness and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from agentcast.errors import AgentcastError, BadJson, PayloadTooLarge, ProtocolError
+from agentcast.hub.hub import Hub
+from agentcast.protocol.commands import parse_publish_fields
+
+MAX_BODY_MARGIN = 64 * 1024
+
+
+def _error(status: int, error: AgentcastError) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"error": error.to_dict()}),
+        content_type="application/json",
+    )
+
+
+def make_http_app(
+    hub: Hub, *, ready: Callable[[], bool], metrics: Callable[[], bytes]
+) -> web.Application:
+    """The aiohttp application; ``ready`` and ``metrics`` are supplied by the node."""
+
+    async def publish(request: web.Request) -> web.Response:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, PayloadTooLarge("request body is too large"))
+        try:
+            try:
+                fields: Any = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise BadJson(f"body is not valid JSON: {exc}") from None
+            if not isinstance(fields, dict):
+                raise BadJson("body must be a JSON object")
+            fields.pop("ack", None)
+            cmd = parse_publish_fields(None, fields)
+            name = request.headers.get("X-Agentcast-Client", "http")[:128]
+            result = hub.publish(cmd, f"ac://http/{name}")
+        except PayloadTooLarge as exc:
+            return _error(413, exc)
+        except ProtocolError as exc:
+            hub.stats.errors += 1
+            return _error(400, exc)
+        return web.Response(body=orjson.dumps(result.to_dict()), content_type="application/json")
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(request: web.Request) -> web.Response:
+        if ready():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready\n")
+
+    async def metrics_view(request: web.Request) -> web.Response:
+        return web.Response(body=metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application(client_max_size=hub.config.max_payload_bytes + MAX_BODY_MARGIN)
+    app.router.add_post("/v1/publish", publish)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+    return app
