@@ -1,0 +1,228 @@
+"""``agentcast bench fanout``: one publisher, many subscribers, one server, over loopback.
+
+The parent process only orchestrates; the work happens in two children started with
+``sys.executable -m``, each in its own session (a Ctrl-C reaches only the parent, which then
+stops both):
+
+* the **server** (:mod:`agentcast.bench.server_main`), pinned to the first allowed CPU when
+  there are at least two, prints ``READY <port>`` once it listens (no sleeping);
+* the **load** (:mod:`agentcast.bench.load`), pinned to the second CPU, runs the phases and
+  prints its raw measurements as one JSON line.
+
+The parent turns them into the result of :func:`agentcast.bench.fanout_result.build_result`,
+prints it as one JSON object on stdout (plus a summary on stderr unless ``as_json``), and
+appends it as one line to ``output`` when given. Both children are always stopped (SIGTERM,
+then SIGKILL after a grace period) whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from agentcast.bench.fanout_result import FanoutParams, build_result, mode_of, summary
+from agentcast.bench.load import PUBLISH_GRACE, LoadPlan
+from agentcast.bench.process import parse_ready, pick_cpus
+
+HOST = "127.0.0.1"
+SERVERS = ("agentcast", "naive")
+SERVER_READY_TIMEOUT = 30.0
+DRAIN_TIMEOUT = 10.0
+CONNECT_BASE_TIMEOUT = 30.0
+CONNECT_TIMEOUT_PER_SUBSCRIBER = 0.01
+LOAD_EXIT_GRACE = 60.0
+STOP_GRACE = 5.0
+
+
+class BenchError(Exception):
+    """The benchmark could not produce a result (the message says why)."""
+
+
+def run_fanout_cli(
+    *,
+    subscribers: int,
+    messages: int,
+    size: int,
+    rate: float,
+    server: str,
+    idle: bool,
+    as_json: bool,
+    output: str | None,
+) -> int:
+    """Run the fan-out benchmark once and print its JSON result; return the exit status.
+
+    0: a result with nothing lost and nothing out of order; 1: a result showing loss or
+    disorder; 2: bad arguments or no result (server or load failed, a phase timed out);
+    130: interrupted.
+    """
+    problem = _check(subscribers, messages, size, rate, server)
+    if problem is not None:
+        print(f"agentcast bench fanout: {problem}", file=sys.stderr)
+        return 2
+    params = FanoutParams(
+        server=server,
+        subscribers=subscribers,
+        messages=0 if idle else messages,
+        size=size,
+        rate=0.0 if idle else rate,
+        idle=idle,
+    )
+    pinned = pick_cpus()
+    try:
+        measured = run_fanout(params, pinned, quiet=as_json)
+    except BenchError as exc:
+        print(f"agentcast bench fanout: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("agentcast bench fanout: interrupted", file=sys.stderr)
+        return 130
+    result = build_result(params, measured, pinned)
+    line = json.dumps(result, ensure_ascii=False)
+    print(line, flush=True)
+    if output is not None:
+        with Path(output).open("a", encoding="utf-8") as file:
+            file.write(line + "\n")
+    if not as_json:
+        print(summary(result), file=sys.stderr)
+    return 0 if result["lost"] == 0 and result["out_of_order"] == 0 else 1
+
+
+def _check(subscribers: int, messages: int, size: int, rate: float, server: str) -> str | None:
+    if server not in SERVERS:
+        return f"--server must be one of {', '.join(SERVERS)}"
+    if subscribers < 1:
+        return "--subscribers must be at least 1"
+    if messages < 1:
+        return "--messages must be at least 1"
+    if size < 0:
+        return "--size must not be negative"
+    if rate < 0:
+        return "--rate must not be negative (0 means burst)"
+    return None
+
+
+def run_fanout(
+    params: FanoutParams, pinned: tuple[int | None, int | None], *, quiet: bool
+) -> dict[str, Any]:
+    """Start the server and the load, wait for the load's measurements, stop both."""
+    server_cpu, load_cpu = pinned
+
+    def say(text: str) -> None:
+        if not quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        say(f"fanout {mode_of(params)}: starting the {params.server} server")
+        server = _spawn("agentcast.bench.server_main", ["--server", params.server], server_cpu)
+        children.append(server)
+        port = _wait_ready(server, SERVER_READY_TIMEOUT)
+        say(f"  server pid {server.pid} on {HOST}:{port}" + _cpu_note(server_cpu))
+        connect_timeout = CONNECT_BASE_TIMEOUT + CONNECT_TIMEOUT_PER_SUBSCRIBER * (
+            params.subscribers
+        )
+        plan = LoadPlan(
+            url=f"ws://{HOST}:{port}/v1/ws",
+            server_pid=server.pid,
+            subscribers=params.subscribers,
+            messages=params.messages,
+            size=params.size,
+            rate=params.rate,
+            connect_timeout=connect_timeout,
+            drain_timeout=DRAIN_TIMEOUT,
+            quiet=quiet,
+        )
+        say("  load process started" + _cpu_note(load_cpu))
+        load = _spawn("agentcast.bench.load", plan.to_args(), load_cpu)
+        children.append(load)
+        publish_budget = (params.messages / params.rate if params.rate > 0 else 0.0) + (
+            PUBLISH_GRACE
+        )
+        budget = connect_timeout * 2 + publish_budget + DRAIN_TIMEOUT + LOAD_EXIT_GRACE
+        try:
+            out, _ = load.communicate(timeout=budget)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"the load process did not finish within {budget:g} s") from None
+        if load.returncode != 0:
+            raise BenchError(f"the load process failed (exit status {load.returncode})")
+        if server.poll() is not None:
+            raise BenchError(f"the server exited during the run (status {server.returncode})")
+        return _last_json_line(out)
+    finally:
+        for child in reversed(children):
+            _stop(child)
+
+
+def _cpu_note(cpu: int | None) -> str:
+    return f", pinned to CPU {cpu}" if cpu is not None else ", not pinned (fewer than 2 CPUs)"
+
+
+def _spawn(module: str, args: list[str], cpu: int | None) -> subprocess.Popen[bytes]:
+    cpu_args = [f"--cpu={cpu}"] if cpu is not None else []
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args, *cpu_args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """Read the child's ``READY <port>`` line from its stdout, at most ``timeout`` seconds."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    buffer = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while b"\n" not in buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BenchError(f"the server was not ready within {timeout:g} s")
+            if not selector.select(remaining):
+                continue
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise BenchError(f"the server exited before it was ready (status {proc.wait()})")
+            buffer += chunk
+    try:
+        return parse_ready(buffer.split(b"\n", 1)[0].decode())
+    except ValueError as exc:
+        raise BenchError(f"unexpected server output: {exc}") from None
+
+
+def _last_json_line(out: bytes) -> dict[str, Any]:
+    lines = [line for line in out.decode().splitlines() if line.strip()]
+    if not lines:
+        raise BenchError("the load process printed no result")
+    try:
+        measured = json.loads(lines[-1])
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"the load process printed no JSON result: {exc}") from None
+    if not isinstance(measured, dict):
+        raise BenchError("the load process printed no JSON object")
+    return measured
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after :data:`STOP_GRACE` seconds; always reaps and closes pipes."""
+    try:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

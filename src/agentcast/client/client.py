@@ -1,0 +1,644 @@
+"""The asyncio client of agentcast: one session over protocol v1, reconnecting by itself.
+
+Contracts:
+
+* **Acks.** ``await client.publish(...)`` returns a :class:`PublishAck` once the node has
+  accepted and sequenced the event (its ``(epoch, seq)`` position is assigned and it was handed
+  to the subscribers connected then). Ephemeral topics keep no history, so delivery to
+  subscribers is at-most-once: a subscriber that is disconnected at that moment misses it.
+* **Idempotency.** Every publish carries an idempotency key (the caller's, or a random one).
+  A publish still waiting for its ack when the connection drops is sent again, with the same
+  key and in the original order, once the client has reconnected; the node's dedupe window
+  answers a resend it has already sequenced with the original position and
+  ``duplicate=True``. A node restart empties that window, so a publish in flight across a
+  restart can be delivered twice.
+* **Reconnect.** When the connection drops and the close code allows it
+  (:func:`~agentcast.protocol.codes.should_reconnect`), the client reconnects with exponential
+  backoff and full jitter, sends ``hello`` again, renews every live subscription with its
+  options, then resends the unacknowledged publishes. Events published while it was away are
+  not replayed (ephemeral topics). Commands issued meanwhile wait for the reconnect, bounded by
+  ``ack_timeout``.
+* **Failure.** A close code that forbids reconnecting, an exhausted reconnect budget, or a
+  refused ``hello`` ends the client: waiting commands and subscriptions fail with
+  :class:`~agentcast.errors.ConnectionClosed`. After :meth:`Client.close` waiting commands fail
+  the same way and subscription iterators simply stop.
+* **Ordering.** Events reach each :class:`Subscription` in the order the connection received
+  them, which keeps every topic in ``seq`` order.
+* **Lamport.** :attr:`Client.lamport` is the highest Lamport time seen in any event or reply;
+  every publish sends it, so the node's clock (and thus the next event) moves past it.
+* **Concurrency.** One reader task per connection and one supervisor task (keepalive and
+  reconnect) are owned by the client; :meth:`Client.close` cancels and awaits both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import WebSocketException
+
+from agentcast.client.backoff import Backoff
+from agentcast.client.link import Link, LinkLost
+from agentcast.client.results import PublishAck
+from agentcast.client.subscription import (
+    DEFAULT_BUFFER_SIZE,
+    Subscription,
+    client_closed,
+    renew,
+    unsubscribed,
+)
+from agentcast.errors import ClientError, ConnectionClosed
+from agentcast.protocol.codes import should_reconnect
+from agentcast.protocol.commands import PROTOCOL_VERSION, Policy
+from agentcast.protocol.envelope import Envelope
+from agentcast.protocol.topics import matches
+
+log = logging.getLogger("agentcast.client")
+
+DEFAULT_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+DEFAULT_MAX_RECONNECT_ATTEMPTS = 100
+
+# Failures of one connection attempt that a later attempt may not hit.
+_RETRYABLE = (OSError, TimeoutError, WebSocketException, LinkLost)
+
+
+@dataclass(slots=True)
+class _PendingPublish:
+    """A publish waiting for its ack; resent on every new connection until acked."""
+
+    command: dict[str, Any]
+    future: asyncio.Future[Any]
+    generation: int = -1  # the link it was last sent on
+
+
+class Client:
+    """An agentcast session: publish, subscribe, and stay connected.
+
+    ``Client(url, ...)`` does no I/O; :meth:`connect` (or ``async with``) opens the session.
+    ``ack_timeout`` bounds every command from the call to its reply, including any wait for a
+    reconnect; ``connect_timeout`` bounds each WebSocket opening handshake (and closing one).
+    ``max_reconnect_attempts`` bounds how many connection attempts one outage may take.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str | None = None,
+        token: str | None = None,
+        reconnect: bool = True,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 5.0,
+        ack_timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+        max_reconnect_attempts: int = DEFAULT_MAX_RECONNECT_ATTEMPTS,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        if max_reconnect_attempts < 1:
+            raise ValueError("max_reconnect_attempts must be at least 1")
+        self.url = url
+        self.name = name
+        self.token = token
+        self.reconnect = reconnect
+        self.ack_timeout = ack_timeout
+        self.connect_timeout = connect_timeout
+        self.max_reconnect_attempts = max_reconnect_attempts
+        self.max_message_bytes = max_message_bytes
+        self.lamport = 0
+        self.reconnects = 0
+        self._backoff = Backoff(backoff_initial, backoff_max)
+        self._ids = itertools.count(1)
+        self._generations = itertools.count(1)
+        self._publish_order = itertools.count(1)
+        self._link: Link | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._subscriptions: list[Subscription] = []
+        self._inflight: dict[int, _PendingPublish] = {}
+        self._state_changed = asyncio.Event()
+        self._failure: ConnectionClosed | None = None
+        self._started = False
+        self._closing = False
+        self._closed = asyncio.Event()
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether a session is established (``hello`` answered, subscriptions renewed)."""
+        link = self._link
+        return link is not None and link.ready and link.alive
+
+    @property
+    def connection_id(self) -> str | None:
+        """The node's id for the current (or last) connection."""
+        return self._last_connection_id
+
+    @property
+    def node_id(self) -> str | None:
+        """The id of the node of the current (or last) connection."""
+        return self._last_node_id
+
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        """The live subscriptions, in subscribe order."""
+        return tuple(self._subscriptions)
+
+    _last_connection_id: str | None = None
+    _last_node_id: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the connection and the session; raise if that fails (no retry here).
+
+        Raises :class:`~agentcast.errors.ClientError` if the node refuses ``hello``,
+        :class:`TimeoutError` if it does not answer within ``ack_timeout``, and ``OSError`` or a
+        ``websockets`` error if the socket cannot be opened.
+        """
+        if self._closing:
+            raise client_closed()
+        if self._started:
+            raise RuntimeError("connect() was already called")
+        self._started = True
+        try:
+            await self._open()
+        except LinkLost as exc:
+            self._started = False
+            raise ConnectionClosed(f"the connection closed during hello: {exc}") from None
+        except BaseException:
+            self._started = False
+            raise
+        self._supervisor = asyncio.create_task(self._supervise(), name="agentcast-client")
+
+    async def close(self) -> None:
+        """End the session: stop the supervisor and reader, close the socket, fail what waits.
+
+        Waiting commands raise :class:`~agentcast.errors.ConnectionClosed` (close code 1000);
+        subscription iterators stop after their buffered events. Idempotent.
+        """
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        try:
+            supervisor, self._supervisor = self._supervisor, None
+            if supervisor is not None:
+                supervisor.cancel()
+                await asyncio.wait({supervisor})
+                if not supervisor.cancelled() and supervisor.exception() is not None:
+                    log.error("agentcast client supervisor failed", exc_info=supervisor.exception())
+            link, self._link = self._link, None
+            if link is not None:
+                await link.shutdown()
+        finally:
+            self._terminate(client_closed(), graceful=True)
+            self._closed.set()
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        ack: bool = True,
+    ) -> PublishAck | None:
+        """Publish one event to the exact ``topic``.
+
+        With ``ack=True`` return the node's :class:`PublishAck` (see the module contract); the
+        publish is resent after a reconnect until acked, so give an ``idempotency_key`` of
+        your own if you may retry it yourself after a :class:`TimeoutError`. With
+        ``ack=False`` return ``None`` once the command was written to the socket: no ack, no
+        resend, at-most-once, and a refusal is only logged.
+
+        Raises :class:`~agentcast.errors.ClientError` with the node's code (``invalid_topic``,
+        ``wildcard_publish``, ``payload_too_large``, ...), :class:`TimeoutError` after
+        ``ack_timeout``, :class:`~agentcast.errors.ConnectionClosed` when the client ended.
+        """
+        self._check_usable()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ack_timeout
+        command: dict[str, Any] = {
+            "cmd": "publish",
+            "topic": topic,
+            "payload": payload,
+            "idempotency_key": idempotency_key or uuid.uuid4().hex,
+        }
+        if headers:
+            command["headers"] = dict(headers)
+        if correlation_id is not None:
+            command["correlation_id"] = correlation_id
+        if causation_id is not None:
+            command["causation_id"] = causation_id
+        if not ack:
+            command["ack"] = False
+            await self._send_unacked(command, deadline)
+            return None
+        pending = _PendingPublish(command, loop.create_future())
+        order = next(self._publish_order)
+        self._inflight[order] = pending
+        try:
+            link = self._link
+            if link is not None and link.ready and link.alive:
+                try:
+                    await self._transmit(link, pending)
+                except LinkLost:
+                    pass  # the next connection resends it
+            async with asyncio.timeout_at(deadline):
+                result = await pending.future
+        finally:
+            del self._inflight[order]
+            if not pending.future.done():
+                pending.future.cancel()
+        return PublishAck.from_result(result)
+
+    async def subscribe(
+        self,
+        pattern: str,
+        *,
+        policy: Policy | str | None = None,
+        key_header: str = "key",
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+    ) -> Subscription:
+        """Subscribe to an exact topic or a wildcard pattern; return once the node confirmed.
+
+        ``policy`` is the node-side slow-consumer policy (``disconnect`` by default,
+        ``drop_oldest``, ``drop_newest``, ``latest_per_key`` with ``key_header``);
+        ``buffer_size`` bounds the local buffer (the oldest event is dropped when full). Two
+        local subscriptions may overlap or even share a pattern: each gets every matching
+        event (the node holds one subscription per pattern, with the latest options).
+
+        Raises :class:`~agentcast.errors.ClientError` (``invalid_topic``,
+        ``too_many_subscriptions``, ...), :class:`TimeoutError`, or
+        :class:`~agentcast.errors.ConnectionClosed`.
+        """
+        self._check_usable()
+        deadline = asyncio.get_running_loop().time() + self.ack_timeout
+        sub = Subscription(
+            self,
+            pattern,
+            policy=None if policy is None else str(policy),
+            key_header=key_header,
+            buffer_size=buffer_size,
+        )
+        self._subscriptions.append(sub)
+        try:
+            await self._call(sub.command(), deadline)
+        except BaseException:
+            self._forget(sub)
+            sub.end(reason=unsubscribed(pattern))
+            raise
+        sub.confirmed = True
+        return sub
+
+    async def ping(self) -> str:
+        """Round-trip a ``ping``; return the node's time (RFC 3339)."""
+        self._check_usable()
+        deadline = asyncio.get_running_loop().time() + self.ack_timeout
+        result = await self._call({"cmd": "ping"}, deadline)
+        return str(result.get("time", "")) if isinstance(result, dict) else ""
+
+    async def _release(self, sub: Subscription) -> None:
+        """End ``sub``; unsubscribe on the node unless another live one has its pattern."""
+        if sub not in self._subscriptions:
+            sub.end(reason=unsubscribed(sub.pattern))
+            return
+        self._forget(sub)
+        sub.end(reason=unsubscribed(sub.pattern))
+        if any(other.pattern == sub.pattern for other in self._subscriptions):
+            return
+        link = self._link
+        if link is None or not link.ready or not link.alive:
+            return  # the next connection does not renew it
+        try:
+            await self._request(link, {"cmd": "unsubscribe", "topic": sub.pattern}, self.ack_timeout)
+        except LinkLost:
+            return
+        except ClientError as exc:
+            if exc.code != "not_subscribed":
+                raise
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise renew(self._failure)
+        if not self._started:
+            raise RuntimeError("call connect() first")
+
+    async def _wait_link(self, deadline: float) -> Link:
+        """The current established link, waiting for a reconnect until ``deadline``."""
+        async with asyncio.timeout_at(deadline):
+            while True:
+                if self._failure is not None:
+                    raise renew(self._failure)
+                link = self._link
+                if link is not None and link.ready and link.alive:
+                    return link
+                self._state_changed.clear()
+                await self._state_changed.wait()
+
+    async def _request(self, link: Link, command: dict[str, Any], timeout: float) -> Any:
+        """Send ``command`` on ``link`` and return its reply's ``result``.
+
+        Raises :class:`ClientError` for an error reply, :class:`TimeoutError` after
+        ``timeout`` and :class:`LinkLost` if the link closed first.
+        """
+        command_id = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        link.expect(command_id, future, resend=False)
+        try:
+            await link.send({**command, "id": command_id})
+            async with asyncio.timeout(timeout):
+                return await future
+        finally:
+            link.forget(command_id)
+            if not future.done():
+                future.cancel()
+
+    async def _call(self, command: dict[str, Any], deadline: float) -> Any:
+        """:meth:`_request` on the current link, retried on the next one if a link is lost."""
+        loop = asyncio.get_running_loop()
+        while True:
+            link = await self._wait_link(deadline)
+            try:
+                return await self._request(link, command, max(0.0, deadline - loop.time()))
+            except LinkLost:
+                continue
+
+    async def _transmit(self, link: Link, pending: _PendingPublish) -> None:
+        """Send (or resend) a pending publish on ``link`` with a fresh id and the current clock."""
+        command_id = next(self._ids)
+        pending.generation = link.generation
+        link.expect(command_id, pending.future, resend=True)
+        await link.send({**pending.command, "id": command_id, "lamport": self.lamport})
+
+    async def _send_unacked(self, command: dict[str, Any], deadline: float) -> None:
+        while True:
+            link = await self._wait_link(deadline)
+            try:
+                await link.send({**command, "lamport": self.lamport})
+                return
+            except LinkLost:
+                continue
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def _on_message(self, link: Link, message: str | bytes) -> None:
+        """Route one server message; runs in the reader task and never blocks."""
+        if isinstance(message, bytes):
+            log.warning("agentcast client ignored a binary frame from the server")
+            return
+        try:
+            data = orjson.loads(message)
+        except orjson.JSONDecodeError:
+            log.warning("agentcast client ignored a frame that is not JSON")
+            return
+        if not isinstance(data, dict):
+            return
+        kind = data.get("type")
+        if kind == "event":
+            self._on_event(data.get("event"))
+        elif kind == "reply":
+            self._on_reply(link, data)
+
+    def _on_event(self, raw: Any) -> None:
+        if not isinstance(raw, dict):
+            return
+        try:
+            event = Envelope.from_dict(raw)
+        except (KeyError, TypeError, ValueError):
+            log.warning("agentcast client ignored a malformed event")
+            return
+        if event.lamport > self.lamport:
+            self.lamport = event.lamport
+        for sub in self._subscriptions:
+            if matches(sub.pattern, event.topic):
+                sub.deliver(event)
+
+    def _on_reply(self, link: Link, data: dict[str, Any]) -> None:
+        ok = data.get("ok") is True
+        result = data.get("result")
+        if ok and isinstance(result, dict):
+            lamport = result.get("lamport")
+            if isinstance(lamport, int) and lamport > self.lamport:
+                self.lamport = lamport
+        waiter = link.take(data.get("id"))
+        if waiter is None:
+            if not ok:
+                log.warning("agentcast node refused a command: %s", data.get("error"))
+            return
+        if waiter.future.done():
+            return
+        if ok:
+            waiter.future.set_result(result)
+            return
+        error = data.get("error")
+        error = error if isinstance(error, dict) else {}
+        waiter.future.set_exception(
+            ClientError(str(error.get("message", "refused")), code=str(error.get("code")))
+        )
+
+    # -- connection management ---------------------------------------------------------------
+
+    async def _open(self) -> None:
+        """Connect, say hello, renew subscriptions, resend unacked publishes, then go ready."""
+        ws = await ws_connect(
+            self.url,
+            open_timeout=self.connect_timeout,
+            close_timeout=self.connect_timeout,
+            max_size=self.max_message_bytes,
+            compression=None,
+        )
+        link = Link(ws, next(self._generations))
+        self._link = link
+        link.reader = asyncio.create_task(
+            link.read(self._on_message), name="agentcast-client-reader"
+        )
+        try:
+            hello = await self._request(
+                link,
+                {
+                    "cmd": "hello",
+                    "client": self.name,
+                    "token": self.token,
+                    "protocol": PROTOCOL_VERSION,
+                },
+                self.ack_timeout,
+            )
+            if isinstance(hello, dict):
+                self._last_connection_id = link.connection_id = hello.get("connection")
+                self._last_node_id = link.node_id = hello.get("node")
+                interval = hello.get("heartbeat_interval")
+                if isinstance(interval, int | float) and interval > 0:
+                    link.heartbeat_interval = float(interval)
+            await self._renew_subscriptions(link)
+            await self._resend_inflight(link)
+            if not link.alive:
+                raise LinkLost("the connection closed while the session was restored")
+            link.ready = True
+            self._state_changed.set()
+        except BaseException:
+            if self._link is link:
+                self._link = None
+            await link.shutdown()
+            raise
+
+    async def _renew_subscriptions(self, link: Link) -> None:
+        """Subscribe again, once per pattern with its latest options; fail refused ones."""
+        latest: dict[str, Subscription] = {}
+        for sub in self._subscriptions:
+            if sub.confirmed:
+                latest.pop(sub.pattern, None)
+                latest[sub.pattern] = sub
+        if not latest:
+            return
+        requests = [
+            self._request(link, sub.command(), self.ack_timeout) for sub in latest.values()
+        ]
+        results = await asyncio.gather(*requests, return_exceptions=True)
+        for sub, outcome in zip(latest.values(), results, strict=True):
+            if isinstance(outcome, ClientError):
+                for refused in [s for s in self._subscriptions if s.pattern == sub.pattern]:
+                    self._forget(refused)
+                    refused.end(outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _resend_inflight(self, link: Link) -> None:
+        """Send every unacked publish not yet sent on ``link``, oldest first."""
+        for _ in range(1 + len(self._inflight)):
+            todo = [p for p in self._inflight.values() if p.generation != link.generation]
+            if not todo:
+                return
+            for pending in todo:
+                if not pending.future.done():
+                    await self._transmit(link, pending)
+        # Publishes keep arriving faster than they are resent; the rest wait for the next turn.
+
+    async def _supervise(self) -> None:
+        """Own the connection: keep it alive, notice its end, reconnect or fail the client."""
+        try:
+            while True:
+                link = self._link
+                if link is None:
+                    return
+                await self._watch(link)
+                code, reason = link.close_code(), link.close_reason()
+                self._link = None
+                self._state_changed.clear()
+                await link.shutdown()
+                if not self.reconnect or not should_reconnect(code):
+                    self._terminate(
+                        ConnectionClosed(
+                            f"the connection closed (code {code}{': ' + reason if reason else ''})",
+                            close_code=code,
+                        )
+                    )
+                    return
+                if not await self._reconnect(code):
+                    return
+        except Exception as exc:
+            log.exception("agentcast client supervisor failed")
+            self._terminate(ConnectionClosed(f"the client failed: {exc!r}"))
+
+    async def _watch(self, link: Link) -> None:
+        """Wait for ``link`` to close; send a keepalive ``ping`` when it has been quiet.
+
+        The node treats any inbound frame as liveness; a ``ping`` without ``id`` gets no
+        success reply.
+        """
+        reader = link.reader
+        assert reader is not None
+        loop = asyncio.get_running_loop()
+        while not reader.done():
+            interval = link.heartbeat_interval
+            wait = max(0.0, link.last_send + interval - loop.time())
+            done, _ = await asyncio.wait({reader}, timeout=wait)
+            if done:
+                return
+            if loop.time() - link.last_send >= interval:
+                try:
+                    await link.send({"cmd": "ping"})
+                except LinkLost:
+                    pass
+
+    async def _reconnect(self, code: int | None) -> bool:
+        """Try to reopen the session; ``False`` if the client ended instead."""
+        backoff = self._backoff
+        backoff.reset()
+        last_error: BaseException | None = None
+        for attempt in range(1, self.max_reconnect_attempts + 1):
+            await asyncio.sleep(backoff.next_delay())
+            try:
+                await self._open()
+            except ClientError as exc:
+                self._terminate(
+                    ConnectionClosed(
+                        f"the node refused the session on reconnect: {exc.message} ({exc.code})",
+                        close_code=code,
+                    )
+                )
+                return False
+            except _RETRYABLE as exc:
+                last_error = exc
+                log.info("agentcast client reconnect attempt %d failed: %r", attempt, exc)
+                continue
+            self.reconnects += 1
+            log.info("agentcast client reconnected to %s after %d attempt(s)", self.url, attempt)
+            return True
+        self._terminate(
+            ConnectionClosed(
+                f"gave up reconnecting after {self.max_reconnect_attempts} attempts: "
+                f"{last_error!r}",
+                close_code=code,
+            )
+        )
+        return False
+
+    def _forget(self, sub: Subscription) -> None:
+        if sub in self._subscriptions:
+            self._subscriptions.remove(sub)
+
+    def _terminate(self, error: ConnectionClosed, *, graceful: bool = False) -> None:
+        """End the client: fail waiting publishes and subscriptions, wake every waiter."""
+        if self._failure is not None:
+            return
+        self._failure = error
+        self._state_changed.set()
+        for pending in self._inflight.values():
+            if not pending.future.done():
+                pending.future.set_exception(renew(error))
+        link = self._link
+        if link is not None:
+            link.lost()
+        subscriptions, self._subscriptions = self._subscriptions, []
+        for sub in subscriptions:
+            if graceful:
+                sub.end(reason=renew(error))
+            else:
+                sub.end(renew(error))
