@@ -11,11 +11,13 @@ import sys
 
 import pytest
 
+from agentcast.client import Client
 from agentcast.demo.stats import NodeRow, Summary, queue_peak
 from agentcast.demo.view import summary_lines
 from agentcast.demo.window import SlidingWindow
-from agentcast.demo.workload import agent_names, latency_ms
+from agentcast.demo.workload import Workload, agent_names, latency_ms
 from agentcast.hub.stats import QUEUE_BUCKETS
+from agentcast.node import Node
 
 DEMO = [sys.executable, "-c", "from agentcast.cli import main; main()", "demo"]
 FREE_PORTS = ["--port", "0", "--http-port", "0"]
@@ -157,11 +159,48 @@ def test_summary_reports_losses_only_when_there_are_some() -> None:
     assert "published 10, delivered 40 (agents 30, observers 10)" in clean
     assert "p50 0.50 ms, p99 12.2 ms" in clean
     assert "2.00 deliveries/write" in clean
-    assert "drops 3 (drop_oldest 3)" in clean
+    assert "dropped     3 (drop_oldest 3) by slow-consumer policies" in clean
     assert "lost" not in clean and "missing" not in clean
     lossy = "\n".join(summary_lines(_summary(unread=2, missing=1)))
     assert "lost        2 publishes" in lossy
     assert "missing     1 agent deliveries" in lossy
+
+
+# -- the workload against an in-process node -------------------------------------------------
+
+
+async def test_workload_publishes_correlated_reactions_and_drains(node: Node) -> None:
+    stop = asyncio.Event()
+    workload = Workload(node.ws_url, sessions=2, agents=3, rate=50.0, stop=stop, seed=3)
+    seen: dict[str, str] = {}
+    async with Client(node.ws_url, name="watcher") as watcher:
+        sub = await watcher.subscribe("demo.>")
+        runner = asyncio.create_task(workload.run())
+        reaction = inbox = None
+        async with asyncio.timeout(30):
+            async for event in sub:
+                seen[event.id] = event.topic
+                session = event.topic.split(".")[1]
+                assert event.correlation_id == session
+                assert event.headers["key"] == event.payload["from"]
+                if event.topic.endswith(".inbox"):
+                    inbox = event
+                if event.causation_id in seen:
+                    reaction = event
+                if reaction is not None and inbox is not None:
+                    break
+        stop.set()
+        await asyncio.wait_for(runner, 30)
+    assert reaction is not None and inbox is not None
+    assert workload.phase == "stopped"
+    total = workload.total
+    assert total.agents_ever == 6 and total.observers_ever == 2
+    assert total.agents_connected == 0 and total.observers_connected == 0
+    assert total.published > 0
+    assert total.missing == 0 and total.unread == 0
+    assert total.delivered_observers == total.published
+    assert node.hub is not None
+    assert node.hub.stats.publishes == total.published
 
 
 # -- the command end to end ----------------------------------------------------------------

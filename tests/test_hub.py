@@ -202,20 +202,26 @@ def test_subscription_limits_and_unsubscribe() -> None:
     assert [e["topic"] for e in sink.events()] == ["acme.b"]
 
 
-def test_sweep_pings_idle_writers_and_closes_silent_connections() -> None:
+def test_sweep_pings_silent_connections_and_closes_dead_ones() -> None:
     now = [0.0]
     hub, _ = make_hub(HubConfig(heartbeat_interval=5, idle_timeout=12), clock=lambda: now[0])
-    quiet, chatty = FakeSink(), FakeSink()
-    hub.connect(quiet)
-    chatty_conn = hub.connect(chatty)
+    dead, alive = FakeSink(), FakeSink()
+    hub.connect(dead)
+    alive_conn = hub.connect(alive)
     now[0] = 6
     hub.sweep(now[0])
-    assert quiet.pings == 1 and chatty.pings == 1
-    chatty_conn.last_recv = 10
+    assert dead.pings == 1 and alive.pings == 1
+    now[0] = 7
+    hub.sweep(now[0])
+    assert dead.pings == 1, "at most one ping per interval"
+    alive_conn.last_recv = 7  # its pong came back
+    now[0] = 11.5
+    hub.sweep(now[0])
+    assert dead.pings == 2 and alive.pings == 1
     now[0] = 13
     hub.sweep(now[0])
-    assert quiet.closed == (CloseCode.IDLE_TIMEOUT, "idle timeout")
-    assert chatty.closed is None
+    assert dead.closed == (CloseCode.IDLE_TIMEOUT, "idle timeout")
+    assert alive.closed is None
 
 
 def test_epoch_changes_when_the_sequencer_forgets_a_topic() -> None:

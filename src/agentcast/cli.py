@@ -89,7 +89,7 @@ def serve(
     type=float,
     default=0.0,
     show_default=True,
-    help="Seconds to run (0: until Ctrl-C).",
+    help="Seconds to publish once every client is connected (0: until Ctrl-C).",
 )
 @click.option(
     "--no-live",

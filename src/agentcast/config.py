@@ -16,6 +16,7 @@ from typing import Any
 
 from agentcast.errors import AgentcastError
 from agentcast.hub.config import HubConfig
+from agentcast.hub.durability import DurableRule, GapPolicy
 from agentcast.protocol.commands import Policy
 
 ENV_PREFIX = "AGENTCAST_"
@@ -36,7 +37,44 @@ class ServerConfig:
     max_frame_bytes: int = 1024 * 1024 + 64 * 1024
     shutdown_grace: float = 5.0
     log_level: str = "info"
+    history: str = "sqlite:///agentcast-data/history.db"
+    retention_interval: float = 30.0
+    durable: tuple[DurableRule, ...] = ()
     hub: HubConfig = field(default_factory=HubConfig)
+
+
+def parse_durable(value: Any) -> tuple[DurableRule, ...]:
+    """Durable rules from a list of patterns, a list of tables, or a comma-separated string.
+
+    A table has ``pattern`` and optionally ``max_events``, ``max_age`` (seconds),
+    ``on_gap`` (``from_now``, ``snapshot``, ``refuse``) and ``snapshot_key``.
+    """
+    from agentcast.protocol.topics import validate_pattern
+
+    items = [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ConfigError("'durable' must be a list of patterns or tables")
+    rules: list[DurableRule] = []
+    for item in items:
+        table = {"pattern": item} if isinstance(item, str) else item
+        if not isinstance(table, dict) or "pattern" not in table:
+            raise ConfigError("each 'durable' entry needs a 'pattern'")
+        unknown = set(table) - {"pattern", "max_events", "max_age", "on_gap", "snapshot_key"}
+        if unknown:
+            raise ConfigError(f"unknown key(s) {sorted(unknown)} in a 'durable' entry")
+        try:
+            rules.append(
+                DurableRule(
+                    pattern=validate_pattern(table["pattern"]),
+                    max_events=int(table.get("max_events", 10_000)),
+                    max_age=None if table.get("max_age") is None else float(table["max_age"]),
+                    on_gap=GapPolicy(table.get("on_gap", "from_now")),
+                    snapshot_key=str(table.get("snapshot_key", "key")),
+                )
+            )
+        except (ValueError, AgentcastError) as exc:
+            raise ConfigError(f"bad 'durable' entry {table!r}: {exc}") from None
+    return tuple(rules)
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
@@ -57,14 +95,16 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
 
 
 def _apply(config: ServerConfig, values: Mapping[str, Any], origin: str) -> ServerConfig:
-    top = {f.name: f for f in fields(ServerConfig) if f.name != "hub"}
+    top = {f.name: f for f in fields(ServerConfig) if f.name not in ("hub", "durable")}
     hub_fields = {f.name: f for f in fields(HubConfig)}
     top_changes: dict[str, Any] = {}
     hub_changes: dict[str, Any] = {}
     for key, value in values.items():
         if value is None:
             continue
-        if key in top:
+        if key == "durable":
+            top_changes[key] = parse_durable(value)
+        elif key in top:
             top_changes[key] = _coerce(key, value, getattr(config, key))
         elif key in hub_fields:
             hub_changes[key] = _coerce(key, value, getattr(config.hub, key))
@@ -78,7 +118,7 @@ def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
     """Accept both flat keys and a ``[limits]``/``[server]`` table layout."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key != "durable":
             flat.update(_flatten(value))
         else:
             flat[key] = value

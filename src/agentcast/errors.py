@@ -91,3 +91,24 @@ class ConnectionClosed(AgentcastError):
     def __init__(self, message: str, *, close_code: int | None = None) -> None:
         super().__init__(message)
         self.close_code = close_code
+
+
+class NotDurable(ProtocolError):
+    code = "not_durable"
+
+
+class PositionLost(ProtocolError):
+    code = "position_lost"
+
+
+class Overloaded(AgentcastError):
+    """Too much work is pending; retry later (with the same idempotency key)."""
+
+    code = "overloaded"
+
+
+class Unavailable(AgentcastError):
+    """The history store failed; the publish may or may not be stored, so retry it with
+    the same idempotency key."""
+
+    code = "unavailable"

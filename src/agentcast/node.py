@@ -1,9 +1,11 @@
 """Composition root: one agentcast node wired from a :class:`ServerConfig`.
 
-Lifecycle: :meth:`Node.start` binds the WebSocket and HTTP listeners and only then reports
-ready; :meth:`Node.stop` reports not-ready, stops accepting, closes every connection with
-code 4000 (reconnect) after flushing what is queued, and waits for sockets to drain up to
-``shutdown_grace`` seconds. ``async with Node(config) as node`` does both.
+Lifecycle: :meth:`Node.start` opens the history store (only when some topics are durable),
+binds the WebSocket and HTTP listeners and only then reports ready; :meth:`Node.stop`
+reports not-ready, stops accepting, lets pending durable publishes commit, closes every
+connection with code 4000 (reconnect) after flushing what is queued, waits for sockets to
+drain up to ``shutdown_grace`` seconds, and closes the store. ``async with Node(config) as
+node`` does both.
 """
 
 from __future__ import annotations
@@ -12,14 +14,18 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from types import TracebackType
 
 from aiohttp import web
 
 from agentcast.config import ServerConfig
+from agentcast.hub.durability import DurabilityRules
 from agentcast.hub.hub import Hub
 from agentcast.metrics import make_registry, render
 from agentcast.protocol.codes import CloseCode
+from agentcast.protocol.envelope import rfc3339_at
+from agentcast.storage.base import HistoryStore
 from agentcast.transport.http import make_http_app
 from agentcast.transport.ws import WS_PATH, WebSocketConnection, start_websocket_server
 
@@ -42,6 +48,8 @@ class Node:
         self._http_runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._sockets: set[WebSocketConnection] = set()
+        self._background: list[asyncio.Task[None]] = []
+        self.history: HistoryStore | None = None
 
     @property
     def ws_url(self) -> str:
@@ -56,6 +64,8 @@ class Node:
         loop = asyncio.get_running_loop()
         config = self.config
         hub = self.hub = Hub(config.hub, loop.call_soon, node_id=self.node_id)
+        if config.durable:
+            await self._open_history(hub)
         registry = make_registry(hub)
         self._ws_server = await start_websocket_server(
             hub, config.host, config.port, self._sockets, max_frame_bytes=config.max_frame_bytes
@@ -73,14 +83,56 @@ class Node:
         self.ready = True
         log.info("agentcast node %s ready: %s and %s", self.node_id, self.ws_url, self.http_url)
 
+    async def _open_history(self, hub: Hub) -> None:
+        from agentcast.storage.factory import open_history_store
+
+        store = open_history_store(self.config.history, dedupe_window=self.config.hub.dedupe_window)
+        await store.open()
+        self.history = store
+        durable_log = hub.enable_durability(DurabilityRules(self.config.durable), store)
+        self._background.append(asyncio.create_task(durable_log.run(), name="agentcast-commit"))
+        self._background.append(asyncio.create_task(self._retain(), name="agentcast-retention"))
+
+    async def _retain(self) -> None:
+        """Apply each durable rule's retention to the store every ``retention_interval``."""
+        hub = self.hub
+        store = self.history
+        assert hub is not None and store is not None
+        while True:
+            await asyncio.sleep(self.config.retention_interval)
+            try:
+                for topic in await store.topics():
+                    rule = hub.durability.rule_for(topic)
+                    if rule is None:
+                        continue
+                    older_than = None
+                    if rule.max_age is not None:
+                        older_than = rfc3339_at(time.time() - rule.max_age)
+                    await store.trim(topic, rule.max_events, older_than)
+            except Exception:
+                log.exception(
+                    "retention pass failed; retrying in %ss", self.config.retention_interval
+                )
+
     async def stop(self) -> None:
         """Drain and close; safe to call twice."""
         self.ready = False
         if self._ws_server is not None:
             self._ws_server.close()
+        if self.hub is not None and self.hub.durable_log is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.hub.durable_log.drain(), self.config.shutdown_grace)
         if self.hub is not None:
             self.hub.close_all(CloseCode.SHUTDOWN, "server shutting down")
             await self._wait_drained(self.config.shutdown_grace)
+            await self.hub.cancel_tasks()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
+        if self.history is not None:
+            await self.history.close()
+            self.history = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -31,7 +31,7 @@ class Backoff:
     def ceiling(self) -> float:
         """The upper bound of the next delay."""
         # 2**60 is far past any useful ceiling; the cap keeps the float finite.
-        return min(self.maximum, self.initial * 2 ** min(self.attempt, 60))
+        return min(self.maximum, self.initial * 2.0 ** min(self.attempt, 60))
 
     def next_delay(self) -> float:
         """The delay before the next attempt; advances the attempt count."""

@@ -33,20 +33,22 @@ Contracts:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import orjson
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import WebSocketException
 
 from agentcast.client.backoff import Backoff
+from agentcast.client.inflight import InflightPublishes, PendingPublish
 from agentcast.client.link import Link, LinkLost
+from agentcast.client.messages import MalformedMessage, Reply, decode_server_message
+from agentcast.client.registry import SubscriptionRegistry
 from agentcast.client.results import PublishAck
 from agentcast.client.subscription import (
     DEFAULT_BUFFER_SIZE,
@@ -59,7 +61,6 @@ from agentcast.errors import ClientError, ConnectionClosed
 from agentcast.protocol.codes import should_reconnect
 from agentcast.protocol.commands import PROTOCOL_VERSION, Policy
 from agentcast.protocol.envelope import Envelope
-from agentcast.protocol.topics import matches
 
 log = logging.getLogger("agentcast.client")
 
@@ -70,22 +71,19 @@ DEFAULT_MAX_RECONNECT_ATTEMPTS = 100
 _RETRYABLE = (OSError, TimeoutError, WebSocketException, LinkLost)
 
 
-@dataclass(slots=True)
-class _PendingPublish:
-    """A publish waiting for its ack; resent on every new connection until acked."""
-
-    command: dict[str, Any]
-    future: asyncio.Future[Any]
-    generation: int = -1  # the link it was last sent on
-
-
 class Client:
     """An agentcast session: publish, subscribe, and stay connected.
 
     ``Client(url, ...)`` does no I/O; :meth:`connect` (or ``async with``) opens the session.
     ``ack_timeout`` bounds every command from the call to its reply, including any wait for a
     reconnect; ``connect_timeout`` bounds each WebSocket opening handshake (and closing one).
-    ``max_reconnect_attempts`` bounds how many connection attempts one outage may take.
+    ``max_reconnect_attempts`` bounds how many connection attempts one outage may take, and
+    ``max_message_bytes`` the size of one server message. A client is used for one session:
+    after :meth:`close` (or a terminal failure) create a new one.
+
+    Public state: :attr:`connected`, :attr:`connection_id`, :attr:`node_id`, :attr:`lamport`
+    (the Lamport clock), :attr:`reconnects` (successful reconnects so far) and
+    :attr:`subscriptions`.
     """
 
     def __init__(
@@ -117,16 +115,17 @@ class Client:
         self._backoff = Backoff(backoff_initial, backoff_max)
         self._ids = itertools.count(1)
         self._generations = itertools.count(1)
-        self._publish_order = itertools.count(1)
         self._link: Link | None = None
         self._supervisor: asyncio.Task[None] | None = None
-        self._subscriptions: list[Subscription] = []
-        self._inflight: dict[int, _PendingPublish] = {}
+        self._subscriptions = SubscriptionRegistry()
+        self._inflight = InflightPublishes()
         self._state_changed = asyncio.Event()
         self._failure: ConnectionClosed | None = None
         self._started = False
         self._closing = False
         self._closed = asyncio.Event()
+        self._last_connection_id: str | None = None
+        self._last_node_id: str | None = None
 
     # -- state ---------------------------------------------------------------------------
 
@@ -151,9 +150,6 @@ class Client:
         """The live subscriptions, in subscribe order."""
         return tuple(self._subscriptions)
 
-    _last_connection_id: str | None = None
-    _last_node_id: str | None = None
-
     # -- lifecycle -------------------------------------------------------------------------
 
     async def connect(self) -> None:
@@ -176,6 +172,12 @@ class Client:
         except BaseException:
             self._started = False
             raise
+        if self._closing:  # close() ran while the session was being opened
+            link = self._link
+            if link is not None:
+                await link.shutdown()
+                self._link = None
+            raise client_closed()
         self._supervisor = asyncio.create_task(self._supervise(), name="agentcast-client")
 
     async def close(self) -> None:
@@ -195,9 +197,10 @@ class Client:
                 await asyncio.wait({supervisor})
                 if not supervisor.cancelled() and supervisor.exception() is not None:
                     log.error("agentcast client supervisor failed", exc_info=supervisor.exception())
-            link, self._link = self._link, None
+            link = self._link
             if link is not None:
                 await link.shutdown()
+                self._link = None
         finally:
             self._terminate(client_closed(), graceful=True)
             self._closed.set()
@@ -258,22 +261,19 @@ class Client:
             command["ack"] = False
             await self._send_unacked(command, deadline)
             return None
-        pending = _PendingPublish(command, loop.create_future())
-        order = next(self._publish_order)
-        self._inflight[order] = pending
+        pending = PendingPublish(command)
+        token = self._inflight.add(pending)
         try:
-            link = self._link
-            if link is not None and link.ready and link.alive:
-                try:
+            # Once a link is ready, the reconnect has resent every older pending publish:
+            # sending now keeps the original order. If this one was resent too, skip it.
+            link = await self._wait_link(deadline)
+            if pending.generation != link.generation and not pending.future.done():
+                with contextlib.suppress(LinkLost):  # if lost, the next connection resends it
                     await self._transmit(link, pending)
-                except LinkLost:
-                    pass  # the next connection resends it
             async with asyncio.timeout_at(deadline):
                 result = await pending.future
         finally:
-            del self._inflight[order]
-            if not pending.future.done():
-                pending.future.cancel()
+            self._inflight.remove(token)
         return PublishAck.from_result(result)
 
     async def subscribe(
@@ -305,11 +305,11 @@ class Client:
             key_header=key_header,
             buffer_size=buffer_size,
         )
-        self._subscriptions.append(sub)
+        self._subscriptions.add(sub)
         try:
             await self._call(sub.command(), deadline)
         except BaseException:
-            self._forget(sub)
+            self._subscriptions.discard(sub)
             sub.end(reason=unsubscribed(pattern))
             raise
         sub.confirmed = True
@@ -327,15 +327,15 @@ class Client:
         if sub not in self._subscriptions:
             sub.end(reason=unsubscribed(sub.pattern))
             return
-        self._forget(sub)
+        self._subscriptions.discard(sub)
         sub.end(reason=unsubscribed(sub.pattern))
-        if any(other.pattern == sub.pattern for other in self._subscriptions):
+        if self._subscriptions.holds(sub.pattern):
             return
         link = self._link
         if link is None or not link.ready or not link.alive:
             return  # the next connection does not renew it
         try:
-            await self._request(link, {"cmd": "unsubscribe", "topic": sub.pattern}, self.ack_timeout)
+            await link.request({"cmd": "unsubscribe", "topic": sub.pattern}, self._deadline())
         except LinkLost:
             return
         except ClientError as exc:
@@ -343,6 +343,9 @@ class Client:
                 raise
 
     # -- sending ---------------------------------------------------------------------------
+
+    def _deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self.ack_timeout
 
     def _check_usable(self) -> None:
         if self._failure is not None:
@@ -362,42 +365,22 @@ class Client:
                 self._state_changed.clear()
                 await self._state_changed.wait()
 
-    async def _request(self, link: Link, command: dict[str, Any], timeout: float) -> Any:
-        """Send ``command`` on ``link`` and return its reply's ``result``.
-
-        Raises :class:`ClientError` for an error reply, :class:`TimeoutError` after
-        ``timeout`` and :class:`LinkLost` if the link closed first.
-        """
-        command_id = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        link.expect(command_id, future, resend=False)
-        try:
-            await link.send({**command, "id": command_id})
-            async with asyncio.timeout(timeout):
-                return await future
-        finally:
-            link.forget(command_id)
-            if not future.done():
-                future.cancel()
-
     async def _call(self, command: dict[str, Any], deadline: float) -> Any:
         """:meth:`_request` on the current link, retried on the next one if a link is lost."""
-        loop = asyncio.get_running_loop()
         while True:
             link = await self._wait_link(deadline)
             try:
-                return await self._request(link, command, max(0.0, deadline - loop.time()))
+                return await link.request(command, deadline)
             except LinkLost:
                 continue
 
-    async def _transmit(self, link: Link, pending: _PendingPublish) -> None:
+    async def _transmit(self, link: Link, pending: PendingPublish) -> None:
         """Send (or resend) a pending publish on ``link`` with a fresh id and the current clock."""
-        command_id = next(self._ids)
         pending.generation = link.generation
-        link.expect(command_id, pending.future, resend=True)
-        await link.send({**pending.command, "id": command_id, "lamport": self.lamport})
+        await link.send_resendable({**pending.command, "lamport": self.lamport}, pending.future)
 
     async def _send_unacked(self, command: dict[str, Any], deadline: float) -> None:
+        """Write an ``ack: false`` publish once a link is ready (no resend after that)."""
         while True:
             link = await self._wait_link(deadline)
             try:
@@ -410,58 +393,35 @@ class Client:
 
     def _on_message(self, link: Link, message: str | bytes) -> None:
         """Route one server message; runs in the reader task and never blocks."""
-        if isinstance(message, bytes):
-            log.warning("agentcast client ignored a binary frame from the server")
-            return
         try:
-            data = orjson.loads(message)
-        except orjson.JSONDecodeError:
-            log.warning("agentcast client ignored a frame that is not JSON")
+            decoded = decode_server_message(message)
+        except MalformedMessage as exc:
+            log.warning("agentcast client ignored a server message: %s", exc)
             return
-        if not isinstance(data, dict):
-            return
-        kind = data.get("type")
-        if kind == "event":
-            self._on_event(data.get("event"))
-        elif kind == "reply":
-            self._on_reply(link, data)
+        if isinstance(decoded, Reply):
+            self._on_reply(link, decoded)
+        elif isinstance(decoded, Envelope):
+            if decoded.lamport > self.lamport:
+                self.lamport = decoded.lamport
+            self._subscriptions.route(decoded)
 
-    def _on_event(self, raw: Any) -> None:
-        if not isinstance(raw, dict):
-            return
-        try:
-            event = Envelope.from_dict(raw)
-        except (KeyError, TypeError, ValueError):
-            log.warning("agentcast client ignored a malformed event")
-            return
-        if event.lamport > self.lamport:
-            self.lamport = event.lamport
-        for sub in self._subscriptions:
-            if matches(sub.pattern, event.topic):
-                sub.deliver(event)
-
-    def _on_reply(self, link: Link, data: dict[str, Any]) -> None:
-        ok = data.get("ok") is True
-        result = data.get("result")
-        if ok and isinstance(result, dict):
-            lamport = result.get("lamport")
-            if isinstance(lamport, int) and lamport > self.lamport:
-                self.lamport = lamport
-        waiter = link.take(data.get("id"))
+    def _on_reply(self, link: Link, reply: Reply) -> None:
+        lamport = reply.lamport
+        if lamport is not None and lamport > self.lamport:
+            self.lamport = lamport
+        waiter = link.take(reply.id)
         if waiter is None:
-            if not ok:
-                log.warning("agentcast node refused a command: %s", data.get("error"))
+            if reply.error is not None:
+                log.warning(
+                    "agentcast node refused a command: %s (%s)", reply.error, reply.error.code
+                )
             return
         if waiter.future.done():
             return
-        if ok:
-            waiter.future.set_result(result)
-            return
-        error = data.get("error")
-        error = error if isinstance(error, dict) else {}
-        waiter.future.set_exception(
-            ClientError(str(error.get("message", "refused")), code=str(error.get("code")))
-        )
+        if reply.error is not None:
+            waiter.future.set_exception(reply.error)
+        else:
+            waiter.future.set_result(reply.result)
 
     # -- connection management ---------------------------------------------------------------
 
@@ -474,21 +434,20 @@ class Client:
             max_size=self.max_message_bytes,
             compression=None,
         )
-        link = Link(ws, next(self._generations))
+        link = Link(ws, next(self._generations), self._ids)
         self._link = link
         link.reader = asyncio.create_task(
             link.read(self._on_message), name="agentcast-client-reader"
         )
         try:
-            hello = await self._request(
-                link,
+            hello = await link.request(
                 {
                     "cmd": "hello",
                     "client": self.name,
                     "token": self.token,
                     "protocol": PROTOCOL_VERSION,
                 },
-                self.ack_timeout,
+                self._deadline(),
             )
             if isinstance(hello, dict):
                 self._last_connection_id = link.connection_id = hello.get("connection")
@@ -503,42 +462,35 @@ class Client:
             link.ready = True
             self._state_changed.set()
         except BaseException:
+            await link.shutdown()
             if self._link is link:
                 self._link = None
-            await link.shutdown()
             raise
 
     async def _renew_subscriptions(self, link: Link) -> None:
-        """Subscribe again, once per pattern with its latest options; fail refused ones."""
-        latest: dict[str, Subscription] = {}
-        for sub in self._subscriptions:
-            if sub.confirmed:
-                latest.pop(sub.pattern, None)
-                latest[sub.pattern] = sub
-        if not latest:
+        """Subscribe again, once per pattern with its latest options; end refused ones."""
+        renewals = self._subscriptions.renewals()
+        if not renewals:
             return
-        requests = [
-            self._request(link, sub.command(), self.ack_timeout) for sub in latest.values()
-        ]
-        results = await asyncio.gather(*requests, return_exceptions=True)
-        for sub, outcome in zip(latest.values(), results, strict=True):
+        deadline = self._deadline()
+        outcomes = await asyncio.gather(
+            *(link.request(sub.command(), deadline) for sub in renewals), return_exceptions=True
+        )
+        for sub, outcome in zip(renewals, outcomes, strict=True):
             if isinstance(outcome, ClientError):
-                for refused in [s for s in self._subscriptions if s.pattern == sub.pattern]:
-                    self._forget(refused)
-                    refused.end(outcome)
+                self._subscriptions.refuse(sub.pattern, outcome)
             elif isinstance(outcome, BaseException):
                 raise outcome
 
     async def _resend_inflight(self, link: Link) -> None:
-        """Send every unacked publish not yet sent on ``link``, oldest first."""
-        for _ in range(1 + len(self._inflight)):
-            todo = [p for p in self._inflight.values() if p.generation != link.generation]
-            if not todo:
-                return
-            for pending in todo:
-                if not pending.future.done():
-                    await self._transmit(link, pending)
-        # Publishes keep arriving faster than they are resent; the rest wait for the next turn.
+        """Send every unacked publish not yet sent on ``link``, oldest first.
+
+        Publishes issued while this runs wait for the link to be ready and send themselves,
+        after these.
+        """
+        for pending in self._inflight.unsent(link.generation):
+            if not pending.future.done():
+                await self._transmit(link, pending)
 
     async def _supervise(self) -> None:
         """Own the connection: keep it alive, notice its end, reconnect or fail the client."""
@@ -549,9 +501,10 @@ class Client:
                     return
                 await self._watch(link)
                 code, reason = link.close_code(), link.close_reason()
-                self._link = None
                 self._state_changed.clear()
                 await link.shutdown()
+                if self._link is link:
+                    self._link = None
                 if not self.reconnect or not should_reconnect(code):
                     self._terminate(
                         ConnectionClosed(
@@ -582,10 +535,8 @@ class Client:
             if done:
                 return
             if loop.time() - link.last_send >= interval:
-                try:
+                with contextlib.suppress(LinkLost):
                     await link.send({"cmd": "ping"})
-                except LinkLost:
-                    pass
 
     async def _reconnect(self, code: int | None) -> bool:
         """Try to reopen the session; ``False`` if the client ended instead."""
@@ -620,25 +571,14 @@ class Client:
         )
         return False
 
-    def _forget(self, sub: Subscription) -> None:
-        if sub in self._subscriptions:
-            self._subscriptions.remove(sub)
-
     def _terminate(self, error: ConnectionClosed, *, graceful: bool = False) -> None:
         """End the client: fail waiting publishes and subscriptions, wake every waiter."""
         if self._failure is not None:
             return
         self._failure = error
         self._state_changed.set()
-        for pending in self._inflight.values():
-            if not pending.future.done():
-                pending.future.set_exception(renew(error))
+        self._inflight.fail_all(lambda: renew(error))
         link = self._link
         if link is not None:
             link.lost()
-        subscriptions, self._subscriptions = self._subscriptions, []
-        for sub in subscriptions:
-            if graceful:
-                sub.end(reason=renew(error))
-            else:
-                sub.end(renew(error))
+        self._subscriptions.end_all(error, graceful=graceful)

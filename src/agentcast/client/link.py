@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,13 +38,14 @@ class ReplyWaiter:
 class Link:
     """A single connection: sending, the reader loop and reply bookkeeping.
 
-    Command ids are assigned by the client (unique across links), so a reply can only ever
-    resolve the command that was sent on this link. When the socket closes, :meth:`read`
+    Command ids come from the client's counter (increasing and unique across links), and a
+    reply can only resolve a command sent on its own link. When the socket closes, :meth:`read`
     marks the link lost and fails every waiting non-resend command with :class:`LinkLost`.
     """
 
-    def __init__(self, ws: ClientConnection, generation: int) -> None:
+    def __init__(self, ws: ClientConnection, generation: int, ids: Iterator[int]) -> None:
         self.ws = ws
+        self.ids = ids
         self.generation = generation
         self.reader: asyncio.Task[None] | None = None
         self.replies: dict[int, ReplyWaiter] = {}
@@ -69,13 +70,30 @@ class Link:
             raise LinkLost("the connection is closed") from None
         self.last_send = asyncio.get_running_loop().time()
 
-    def expect(self, command_id: int, future: asyncio.Future[Any], *, resend: bool) -> None:
-        """Route the reply with ``command_id`` to ``future``."""
-        self.replies[command_id] = ReplyWaiter(future, resend)
+    async def request(self, command: dict[str, Any], deadline: float) -> Any:
+        """Send ``command`` with a new id and return its reply's ``result``.
 
-    def forget(self, command_id: int) -> None:
-        """Stop waiting for ``command_id`` (its caller gave up)."""
-        self.replies.pop(command_id, None)
+        Raises :class:`~agentcast.errors.ClientError` for an error reply, :class:`TimeoutError`
+        at ``deadline`` (loop time) and :class:`LinkLost` if the link closed first.
+        """
+        command_id = next(self.ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.replies[command_id] = ReplyWaiter(future)
+        try:
+            await self.send({**command, "id": command_id})
+            async with asyncio.timeout_at(deadline):
+                return await future
+        finally:
+            self.replies.pop(command_id, None)
+            if not future.done():
+                future.cancel()
+
+    async def send_resendable(self, command: dict[str, Any], future: asyncio.Future[Any]) -> None:
+        """Send ``command`` with a new id; its reply resolves ``future``, which the link never
+        fails (the caller resends the command on the next link instead)."""
+        command_id = next(self.ids)
+        self.replies[command_id] = ReplyWaiter(future, resend=True)
+        await self.send({**command, "id": command_id})
 
     def take(self, command_id: Any) -> ReplyWaiter | None:
         """The waiter for a reply's ``id``, removed from the table (``None`` if unknown)."""

@@ -118,34 +118,53 @@ async def _demo(
 ) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
-    code = 0
-    async with Node(config) as node:
+    node = Node(config)
+    try:
+        await node.start()
+    except OSError as exc:
+        await node.stop()
+        print(f"agentcast demo: cannot listen on {config.host}: {exc}", file=sys.stderr)
+        return 1
+    try:
         assert node.hub is not None
         banner = Banner(node.node_id, node.ws_url, node.http_url)
         for line in banner.lines():
             print(line, flush=True)
         workload = Workload(node.ws_url, sessions=sessions, agents=agents, rate=rate, stop=stop)
         sampler = NodeSampler(node.hub, workload.start)
-        view: View = LiveView(banner) if live else PlainView()
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                timer = None
-                if duration > 0:
-                    timer = tasks.create_task(_stop_after(stop, workload.started, duration))
-                every = LIVE_INTERVAL if live else PLAIN_INTERVAL
-                refresher = tasks.create_task(_refresh(view, workload, sampler, every))
-                await workload.run()
-                refresher.cancel()
-                if timer is not None:
-                    timer.cancel()
-            view.update(_snapshot(workload, sampler))
-        except Exception as exc:
-            for line in _describe(exc):
-                print(f"agentcast demo: workload failed: {line}", file=sys.stderr)
-            code = 1
-        finally:
-            view.close()
+        code = await _drive(workload, sampler, banner, duration=duration, live=live)
         summary = _summary(workload, sampler, agents)
+    finally:
+        await node.stop()
     for line in summary_lines(summary):
         print(line, flush=True)
     return code
+
+
+async def _drive(
+    workload: Workload, sampler: NodeSampler, banner: Banner, *, duration: float, live: bool
+) -> int:
+    """Run the workload with its view and stop timer; 1 if the workload failed."""
+    view: View = LiveView(banner) if live else PlainView()
+    failure: Exception | None = None
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            timer = None
+            if duration > 0:
+                timer = tasks.create_task(_stop_after(workload.stop, workload.started, duration))
+            every = LIVE_INTERVAL if live else PLAIN_INTERVAL
+            refresher = tasks.create_task(_refresh(view, workload, sampler, every))
+            await workload.run()
+            refresher.cancel()
+            if timer is not None:
+                timer.cancel()
+        view.update(_snapshot(workload, sampler))
+    except Exception as exc:
+        failure = exc
+    finally:
+        view.close()
+    if failure is None:
+        return 0
+    for line in _describe(failure):
+        print(f"agentcast demo: workload failed: {line}", file=sys.stderr)
+    return 1

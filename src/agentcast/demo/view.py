@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Protocol, TextIO
 
 from rich import box
@@ -22,8 +21,11 @@ from rich.text import Text
 
 from agentcast.demo.stats import NodeRow, Snapshot, Summary, TrafficRow
 
+SUBTITLES = {"connecting": "Ctrl-C to stop", "running": "Ctrl-C to stop", "stopped": "stopped"}
 # Lines of the panel that are not session rows (borders, header, table chrome, node grid).
 FIXED_LINES = 16
+# Below this terminal width the sessions table drops a column.
+NARROW = 96
 
 
 @dataclass(slots=True, frozen=True)
@@ -106,8 +108,9 @@ def summary_lines(summary: Summary) -> list[str]:
         f"  latency     publish-to-receive p50 {fmt_ms(summary.p50_ms)} ms, "
         f"p99 {fmt_ms(summary.p99_ms)} ms over {summary.latency_samples} deliveries",
         f"  node        publishes {node.publishes}, deliveries {node.deliveries}, "
-        f"writes {node.writes} ({node.deliveries_per_write:.2f} deliveries/write), "
-        f"drops {fmt_drops(node)}, slow-consumer disconnects {node.slow_disconnects}",
+        f"writes {node.writes} ({node.deliveries_per_write:.2f} deliveries/write)",
+        f"  dropped     {fmt_drops(node)} by slow-consumer policies, "
+        f"{node.slow_disconnects} slow-consumer disconnects",
     ]
     if summary.unread:
         lines.append(f"  lost        {summary.unread} publishes had no reader subscribed")
@@ -116,46 +119,48 @@ def summary_lines(summary: Summary) -> list[str]:
     return lines
 
 
-def _session_table(snapshot: Snapshot, max_rows: int) -> Table:
+def _session_table(snapshot: Snapshot, max_rows: int, *, narrow: bool) -> Table:
+    """Sessions then the total; ``narrow`` shortens policy names and leaves out the
+    ``published`` column so the table fits 80 columns."""
     table = Table(
         box=box.HORIZONTALS,
         show_edge=False,
         expand=True,
         header_style="bold",
+        padding=(0, 1, 0, 0),
         pad_edge=False,
     )
+    headers = ["agents", "pub/s", "deliv/s", "p50 ms", "p99 ms", "published", "delivered"]
+    if narrow:
+        headers.remove("published")
     table.add_column("session", no_wrap=True)
     table.add_column("dashboard", no_wrap=True)
-    table.add_column("agents", justify="right", no_wrap=True)
-    table.add_column("pub/s", justify="right", no_wrap=True)
-    table.add_column("deliv/s", justify="right", no_wrap=True)
-    table.add_column("p50 ms", justify="right", no_wrap=True)
-    table.add_column("p99 ms", justify="right", no_wrap=True)
-    table.add_column("published", justify="right", no_wrap=True)
-    table.add_column("delivered", justify="right", no_wrap=True)
+    for header in headers:
+        table.add_column(header, justify="right", no_wrap=True)
 
     rows = snapshot.sessions
     shown = rows if len(rows) <= max_rows else rows[: max(1, max_rows - 1)]
     for row in shown:
-        table.add_row(*_cells(row))
+        table.add_row(*_cells(row, narrow=narrow))
     if len(shown) < len(rows):
         hidden = len(rows) - len(shown)
-        table.add_row(Text(f"... {hidden} more", style="dim"), *[""] * 8)
+        table.add_row(Text(f"... {hidden} more", style="dim"))
     table.add_section()
-    table.add_row(*_cells(snapshot.total), style="bold")
+    table.add_row(*_cells(snapshot.total, narrow=narrow), style="bold")
     return table
 
 
-def _cells(row: TrafficRow) -> list[RenderableType]:
+def _cells(row: TrafficRow, *, narrow: bool) -> list[RenderableType]:
     full = row.agents_connected == row.agents_total
     agents = Text(f"{row.agents_connected}/{row.agents_total}", style="green" if full else "yellow")
     if row.observers_total == 1:
+        policy = SHORT_POLICY.get(row.observer_policy, row.observer_policy)
         style = "cyan" if row.observers_connected else "dim"
-        dashboard = Text(row.observer_policy, style=style)
+        dashboard = Text(policy if narrow else row.observer_policy, style=style)
     else:
         dashboard = Text(f"{row.observers_connected}/{row.observers_total} up", style="cyan")
     p99_style = "red" if row.p99_ms is not None and row.p99_ms >= 100 else ""
-    return [
+    cells: list[RenderableType] = [
         row.name,
         dashboard,
         agents,
@@ -166,6 +171,9 @@ def _cells(row: TrafficRow) -> list[RenderableType]:
         f"{row.published:,}",
         f"{row.delivered:,}",
     ]
+    if narrow:
+        del cells[-2]
+    return cells
 
 
 def _node_grid(node: NodeRow) -> Table:
@@ -200,8 +208,8 @@ def _node_grid(node: NodeRow) -> Table:
     return grid
 
 
-def render(snapshot: Snapshot, banner: Banner, height: int) -> RenderableType:
-    """The live panel for a terminal ``height`` lines tall."""
+def render(snapshot: Snapshot, banner: Banner, width: int, height: int) -> RenderableType:
+    """The live panel for a terminal of ``width`` x ``height`` characters."""
     head = Table.grid(padding=(0, 2))
     head.add_column(style="dim")
     head.add_column()
@@ -211,13 +219,19 @@ def render(snapshot: Snapshot, banner: Banner, height: int) -> RenderableType:
     body = Group(
         head,
         Text(""),
-        Text("simulated clients (latency over the last 5 s)", style="bold magenta"),
-        _session_table(snapshot, max_rows),
+        Text.assemble(
+            ("simulated clients", "bold magenta"),
+            ("  rates and publish-to-receive latency over the last 5 s", "dim"),
+        ),
+        _session_table(snapshot, max_rows, narrow=width < NARROW),
         Text(""),
-        Text("node hub (read in-process)", style="bold magenta"),
+        Text.assemble(
+            ("node hub", "bold magenta"),
+            ("  read in-process from node.hub", "dim"),
+        ),
         _node_grid(snapshot.node),
     )
-    phase_style = {"running": "green", "connecting": "yellow"}.get(snapshot.phase, "yellow")
+    phase_style = {"running": "green", "stopped": "bold"}.get(snapshot.phase, "yellow")
     title = Text.assemble(
         ("agentcast demo", "bold"),
         f"  node {banner.node_id}  ",
@@ -228,13 +242,15 @@ def render(snapshot: Snapshot, banner: Banner, height: int) -> RenderableType:
         body,
         title=title,
         title_align="left",
-        subtitle=Text("Ctrl-C to stop", style="dim"),
+        subtitle=Text(SUBTITLES.get(snapshot.phase, "stopping ..."), style="dim"),
         subtitle_align="right",
         border_style="blue",
     )
 
 
 class View(Protocol):
+    """Something that shows snapshots; :meth:`close` restores the terminal."""
+
     def update(self, snapshot: Snapshot) -> None: ...
 
     def close(self) -> None: ...
@@ -255,21 +271,10 @@ class LiveView:
         self._live.start(refresh=True)
 
     def update(self, snapshot: Snapshot) -> None:
-        self._live.update(render(snapshot, self.banner, self.console.size.height), refresh=True)
+        self._live.update(render(snapshot, self.banner, *self.console.size), refresh=True)
 
     def close(self) -> None:
         self._live.stop()
-
-    def __enter__(self) -> LiveView:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class PlainView:

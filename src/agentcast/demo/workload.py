@@ -13,8 +13,9 @@ sessions): a dashboard that never blocks fan-out.
 
 Phases of :meth:`Workload.run`: every client connects and subscribes; publishing starts once
 all have (or ``stop`` is set); after ``stop`` every sender finishes its current publish, the
-workload waits up to ``DRAIN_TIMEOUT`` seconds for the agent deliveries still in flight,
-then every client unsubscribes and closes.
+workload waits up to ``DRAIN_TIMEOUT`` seconds for the deliveries still in flight (every
+expected agent delivery, and one observer delivery per publish unless a policy dropped it,
+in which case the wait runs out), then every client unsubscribes and closes.
 """
 
 from __future__ import annotations
@@ -298,6 +299,7 @@ class Workload:
         self._all_joined = asyncio.Event()
         self._drained = asyncio.Event()
         self._senders_stopped = asyncio.Event()
+        self.closed = False
         self._draining = False
         self._senders = sessions * agents
 
@@ -320,6 +322,7 @@ class Workload:
             self._check_drained()
             await wait_event(self._drained, DRAIN_TIMEOUT)
             self.finished.set()
+        self.closed = True
 
     def sender_stopped(self) -> None:
         """An agent has stopped publishing (after ``stop``)."""
@@ -329,7 +332,9 @@ class Workload:
 
     @property
     def phase(self) -> str:
-        """``connecting``, ``running``, ``draining`` (after stop) or ``closing``."""
+        """``connecting``, ``running``, ``draining`` (after stop), ``closing`` or ``stopped``."""
+        if self.closed:
+            return "stopped"
         if self.finished.is_set():
             return "closing"
         if self.stop.is_set():
@@ -377,11 +382,11 @@ class Workload:
         self.total.received(now, latency, observer=observer)
         if latency is not None:
             self.run_latency.observe(now, latency)
-        if not observer:
-            self._check_drained()
+        self._check_drained()
 
     def _check_drained(self) -> None:
-        if self._draining and self.total.missing == 0:
+        total = self.total
+        if self._draining and total.missing == 0 and total.delivered_observers >= total.published:
             self._drained.set()
 
     # -- reading ---------------------------------------------------------------------------

@@ -21,3 +21,5 @@ class HubConfig:
     max_dedupe_keys: int = 100_000
     heartbeat_interval: float = 25.0
     idle_timeout: float = 60.0
+    max_recovery_buffer: int = 10_000
+    replay_page: int = 500

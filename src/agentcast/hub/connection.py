@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from agentcast.hub.outbound import Entry, OutboundQueue
@@ -25,9 +26,13 @@ class Sink(Protocol):
 
 
 class Subscription:
-    """A connection's interest in one pattern. Hashed by identity."""
+    """A connection's interest in one pattern. Hashed by identity.
 
-    __slots__ = ("key_header", "order", "owner", "pattern", "policy")
+    While ``recovering`` is a list, the subscription is replaying history: live events are
+    parked there as ``(seq, entry)`` instead of being queued, and merged after the replay.
+    """
+
+    __slots__ = ("key_header", "order", "owner", "pattern", "policy", "recovering")
 
     def __init__(
         self, owner: Connection, pattern: str, policy: Policy, key_header: str, order: int
@@ -37,6 +42,7 @@ class Subscription:
         self.policy = policy
         self.key_header = key_header
         self.order = order
+        self.recovering: list[tuple[int, Entry]] | None = None
 
 
 class Connection:
@@ -46,11 +52,12 @@ class Connection:
         "client",
         "closed",
         "dirty",
+        "drained",
         "hello_done",
         "hub",
         "id",
+        "last_ping",
         "last_recv",
-        "last_send",
         "next_order",
         "paused",
         "queue",
@@ -70,8 +77,9 @@ class Connection:
         self.closed = False
         self.dirty = False
         self.last_recv = now
-        self.last_send = now
+        self.last_ping = now
         self.next_order = 0
+        self.drained: list[Callable[[], None]] = []
 
     @property
     def source(self) -> str:
@@ -102,5 +110,16 @@ class Connection:
             stats.deliveries += sum(1 for entry in entries if entry.policy is not None)
         stats.writes += 1
         stats.bytes_written += len(data)
-        self.last_send = now
         self.sink.write(data)
+        if self.drained:
+            callbacks, self.drained = self.drained, []
+            for callback in callbacks:
+                callback()
+
+    def when_drained(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once everything queued now has been handed to the transport
+        (at once if nothing is queued; never if the connection closes first)."""
+        if not len(self.queue):
+            callback()
+        else:
+            self.drained.append(callback)

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from functools import partial
+from typing import Any
 
-from agentcast.errors import AgentcastError, AlreadyHello, HelloRequired, ProtocolError
-from agentcast.hub.connection import Connection
+from agentcast.errors import (
+    AgentcastError,
+    AlreadyHello,
+    HelloRequired,
+    NotDurable,
+    ProtocolError,
+    Unavailable,
+)
+from agentcast.hub.connection import Connection, Subscription
+from agentcast.hub.hub import PublishResult
+from agentcast.hub.recovery import RecoveryPlan, plan_recovery, run_replay
 from agentcast.protocol.commands import (
     PROTOCOL_VERSION,
     Command,
+    CommandId,
     Hello,
     Ping,
     Publish,
@@ -18,67 +31,63 @@ from agentcast.protocol.commands import (
 )
 from agentcast.protocol.envelope import rfc3339_now
 from agentcast.protocol.frames import error_reply, ok_reply, ws_text_frame
+from agentcast.protocol.topics import is_pattern
 
 log = logging.getLogger(__name__)
+
+_NO_REPLY = object()
 
 
 def handle_frame(conn: Connection, data: bytes | str) -> None:
     """Decode, execute and reply to one command of ``conn``.
 
-    Errors become error replies on ``conn`` only; nothing else is disturbed.
+    Errors become error replies on ``conn`` only; nothing else is disturbed. Commands that
+    wait on storage (durable publish, subscribe with history, hello with resume) reply
+    later, from a callback or a hub-owned task.
     """
-    hub = conn.hub
     try:
         cmd = decode_command(data)
         result = _execute(conn, cmd)
-        if result is not _NO_REPLY:
+        if result is not _NO_REPLY and cmd.id is not None:
             conn.send_control(ws_text_frame(ok_reply(cmd.id, result)))
     except ProtocolError as exc:
-        hub.stats.errors += 1
-        conn.send_control(ws_text_frame(error_reply(exc.command_id, exc)))
-    except AgentcastError as exc:
-        hub.stats.errors += 1
-        conn.send_control(ws_text_frame(error_reply(None, exc)))
-    except Exception:  # a bug must not take the node down; the client gets `internal`
-        log.exception("command failed on %s", conn.id)
-        hub.stats.errors += 1
-        conn.send_control(ws_text_frame(error_reply(None, AgentcastError("internal server error"))))
+        _send_error(conn, exc.command_id, exc)
+    except Exception as exc:
+        _send_error(conn, None, exc)
 
 
-_NO_REPLY = object()
+def _send_error(conn: Connection, command_id: CommandId, exc: BaseException) -> None:
+    conn.hub.stats.errors += 1
+    if not isinstance(exc, AgentcastError):
+        log.error("command failed on %s", conn.id, exc_info=exc)
+        exc = AgentcastError("internal server error")
+    conn.send_control(ws_text_frame(error_reply(command_id, exc)))
 
 
 def _execute(conn: Connection, cmd: Command) -> object:
-    """Run ``cmd``; return the reply's ``result``, or ``_NO_REPLY`` for an unacked publish."""
+    """Run ``cmd``; return the reply's ``result``, or ``_NO_REPLY`` when the reply is sent
+    later or not at all (unacked publish)."""
     hub = conn.hub
     try:
         if isinstance(cmd, Publish):
             if not conn.hello_done:
                 raise HelloRequired("send 'hello' first")
-            published = hub.publish(cmd, conn.source)
+            published = hub.publish_any(cmd, conn.source)
+            if isinstance(published, asyncio.Future):
+                published.add_done_callback(partial(_reply_published, conn, cmd.id, cmd.ack))
+                return _NO_REPLY
             return published.to_dict() if cmd.ack else _NO_REPLY
         if isinstance(cmd, Hello):
-            if conn.hello_done:
-                raise AlreadyHello("'hello' was already accepted on this connection")
-            conn.hello_done = True
-            conn.client = cmd.client
-            return {
-                "connection": conn.id,
-                "node": hub.node_id,
-                "protocol": PROTOCOL_VERSION,
-                "heartbeat_interval": hub.config.heartbeat_interval,
-                "resume": {topic: {"recovered": False} for topic in cmd.resume},
-                "limits": {
-                    "max_subscriptions": hub.config.max_subscriptions,
-                    "max_payload_bytes": hub.config.max_payload_bytes,
-                    "max_queue_messages": hub.config.max_queue_messages,
-                },
-            }
+            return _hello(conn, cmd)
         if isinstance(cmd, Ping):
             return {"time": rfc3339_now()}
         if not conn.hello_done:
             raise HelloRequired("send 'hello' first")
         if isinstance(cmd, Subscribe):
+            if cmd.wants_history:
+                sub = _subscribe_recovering(conn, cmd)
+                hub.spawn(_recover_one(conn, sub, cmd))
+                return _NO_REPLY
             hub.subscribe(conn, cmd.topic, cmd.policy, cmd.key_header)
             return {"topic": cmd.topic}
         if isinstance(cmd, Unsubscribe):
@@ -88,3 +97,101 @@ def _execute(conn: Connection, cmd: Command) -> object:
     except ProtocolError as exc:
         exc.command_id = cmd.id
         raise
+
+
+def _reply_published(
+    conn: Connection, command_id: CommandId, ack: bool, done: asyncio.Future[PublishResult]
+) -> None:
+    if done.cancelled():
+        _send_error(conn, command_id, Unavailable("the node is shutting down"))
+    elif (exc := done.exception()) is not None:
+        _send_error(conn, command_id, exc)
+    elif ack and command_id is not None:
+        conn.send_control(ws_text_frame(ok_reply(command_id, done.result().to_dict())))
+
+
+def _hello(conn: Connection, cmd: Hello) -> object:
+    hub = conn.hub
+    if conn.hello_done:
+        raise AlreadyHello("'hello' was already accepted on this connection")
+    conn.hello_done = True
+    conn.client = cmd.client
+    result: dict[str, Any] = {
+        "connection": conn.id,
+        "node": hub.node_id,
+        "protocol": PROTOCOL_VERSION,
+        "heartbeat_interval": hub.config.heartbeat_interval,
+        "limits": {
+            "max_subscriptions": hub.config.max_subscriptions,
+            "max_payload_bytes": hub.config.max_payload_bytes,
+            "max_queue_messages": hub.config.max_queue_messages,
+        },
+        "resume": {},
+    }
+    if not cmd.resume:
+        return result
+    subs: list[tuple[Subscription, Subscribe]] = []
+    for topic, position in cmd.resume.items():
+        request = Subscribe(cmd.id, topic, since=position)
+        try:
+            subs.append((_subscribe_recovering(conn, request), request))
+        except AgentcastError as exc:
+            result["resume"][topic] = {"error": exc.to_dict()}
+    hub.spawn(_resume_all(conn, cmd.id, result, subs))
+    return _NO_REPLY
+
+
+def _subscribe_recovering(conn: Connection, cmd: Subscribe) -> Subscription:
+    """Index a subscription that parks live events until its history has been sent."""
+    hub = conn.hub
+    if is_pattern(cmd.topic) or hub.durability.rule_for(cmd.topic) is None:
+        raise NotDurable(f"{cmd.topic!r} is not a durable topic; it keeps no history")
+    sub = hub.subscribe(conn, cmd.topic, cmd.policy, cmd.key_header)
+    sub.recovering = []
+    return sub
+
+
+async def _plan(conn: Connection, sub: Subscription, cmd: Subscribe) -> RecoveryPlan:
+    hub = conn.hub
+    rule = hub.durability.rule_for(cmd.topic)
+    assert rule is not None
+    try:
+        return await plan_recovery(hub, sub, cmd, rule)
+    except Exception as exc:
+        if conn.subscriptions.get(cmd.topic) is sub:
+            hub.unsubscribe(conn, cmd.topic)
+        if isinstance(exc, AgentcastError):
+            raise
+        raise Unavailable(f"history store failed: {exc}") from exc
+
+
+async def _recover_one(conn: Connection, sub: Subscription, cmd: Subscribe) -> None:
+    try:
+        plan = await _plan(conn, sub, cmd)
+    except AgentcastError as exc:
+        _send_error(conn, cmd.id, exc)
+        return
+    conn.send_control(ws_text_frame(ok_reply(cmd.id, plan.reply())))
+    await run_replay(conn.hub, plan)
+
+
+async def _resume_all(
+    conn: Connection,
+    command_id: CommandId,
+    result: dict[str, Any],
+    subs: list[tuple[Subscription, Subscribe]],
+) -> None:
+    outcomes = await asyncio.gather(
+        *(_plan(conn, sub, request) for sub, request in subs), return_exceptions=True
+    )
+    plans: list[RecoveryPlan] = []
+    for (_, request), outcome in zip(subs, outcomes, strict=True):
+        if isinstance(outcome, RecoveryPlan):
+            plans.append(outcome)
+            result["resume"][request.topic] = outcome.reply()
+        else:
+            error = outcome if isinstance(outcome, AgentcastError) else Unavailable(str(outcome))
+            result["resume"][request.topic] = {"error": error.to_dict()}
+    conn.send_control(ws_text_frame(ok_reply(command_id, result)))
+    for plan in plans:
+        await run_replay(conn.hub, plan)

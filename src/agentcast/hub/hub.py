@@ -11,12 +11,17 @@ Contract:
   write.
 * Per-topic order: events of a topic are queued in ``seq`` order on every connection and the
   writer never reorders; a drop policy may remove events but never swap them.
+* Durable topics (a :class:`DurableRule` matches) go through :meth:`Hub.publish_durable`:
+  the history store assigns the position inside its commit, the event is fanned out after
+  the commit, and the publisher's future resolves after that (acked = stored).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from itertools import count
 from typing import Any
@@ -27,6 +32,8 @@ from agentcast.errors import NotSubscribed, PayloadTooLarge, TooManySubscription
 from agentcast.hub.config import HubConfig
 from agentcast.hub.connection import Connection, Sink, Subscription
 from agentcast.hub.dedupe import DedupeWindow
+from agentcast.hub.durability import DurabilityRules
+from agentcast.hub.durable_log import DurableLog
 from agentcast.hub.outbound import Entry, OutboundQueue, PushOutcome
 from agentcast.hub.sequencer import LamportClock, MemorySequencer
 from agentcast.hub.stats import HubStats
@@ -36,6 +43,9 @@ from agentcast.protocol.commands import Policy, Publish
 from agentcast.protocol.envelope import new_event_id, rfc3339_now
 from agentcast.protocol.frames import event_message, ws_text_frame
 from agentcast.protocol.topics import tenant_of
+from agentcast.storage.base import AppendResult, EventDraft, HistoryStore, StoredEvent
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True, frozen=True)
@@ -82,10 +92,40 @@ class Hub:
         self.dedupe: DedupeWindow[PublishResult] = DedupeWindow(
             config.dedupe_window, config.max_dedupe_keys, clock
         )
+        self.durability = DurabilityRules()
+        self.history: HistoryStore | None = None
+        self.durable_log: DurableLog | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
         self._call_soon = call_soon
         self._ids = count(1)
         self._dirty: list[Connection] = []
         self._flush_scheduled = False
+
+    def enable_durability(self, rules: DurabilityRules, history: HistoryStore) -> DurableLog:
+        """Make topics matching ``rules`` durable in ``history``; returns the commit log
+        whose :meth:`DurableLog.run` the caller must run in a task."""
+        self.durability = rules
+        self.history = history
+        self.durable_log = DurableLog(history, self._fan_out_stored)
+        return self.durable_log
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a task the hub owns (cancelled by :meth:`cancel_tasks`)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("hub task failed", exc_info=task.exception())
+
+    async def cancel_tasks(self) -> None:
+        """Cancel and await every task the hub spawned."""
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- connections -------------------------------------------------------------------
 
@@ -108,6 +148,9 @@ class Hub:
             self.index.remove(sub)
         conn.subscriptions.clear()
         self.stats.connections_closed += 1
+        callbacks, conn.drained = conn.drained, []
+        for callback in callbacks:
+            callback()
 
     def close(self, conn: Connection, code: CloseCode, reason: str, *, flush: bool) -> None:
         """Close ``conn`` with ``code``; with ``flush`` its queued frames are written first."""
@@ -133,14 +176,20 @@ class Hub:
             self.mark_dirty(conn)
 
     def sweep(self, now: float) -> None:
-        """Heartbeats and idle timeouts; call every second or so."""
+        """Heartbeats and idle timeouts; call every second or so.
+
+        A connection silent for ``heartbeat_interval`` gets a WebSocket ping (at most one per
+        interval); one silent for ``idle_timeout`` (no frame at all, pongs included) is closed
+        with 4002.
+        """
         idle_timeout = self.config.idle_timeout
         heartbeat = self.config.heartbeat_interval
         for conn in list(self.connections.values()):
             if now - conn.last_recv > idle_timeout:
                 self.close(conn, CloseCode.IDLE_TIMEOUT, "idle timeout", flush=False)
-            elif now - conn.last_send >= heartbeat:
-                conn.last_send = now
+            elif now - max(conn.last_recv, conn.last_ping) >= heartbeat:
+                # A client that only listens proves liveness with its pong.
+                conn.last_ping = now
                 conn.sink.ping()
 
     # -- subscriptions -----------------------------------------------------------------
@@ -172,8 +221,82 @@ class Hub:
 
     # -- publishing --------------------------------------------------------------------
 
+    def _encode_payload(self, cmd: Publish) -> bytes:
+        payload = orjson.dumps(cmd.payload)
+        if len(payload) > self.config.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"payload is {len(payload)} bytes; the limit is {self.config.max_payload_bytes}"
+            )
+        return payload
+
+    def publish_any(
+        self, cmd: Publish, source: str
+    ) -> PublishResult | asyncio.Future[PublishResult]:
+        """Publish to an ephemeral topic (result now) or a durable one (a future)."""
+        if self.durability and self.durability.rule_for(cmd.topic) is not None:
+            return self.publish_durable(cmd, source)
+        return self.publish(cmd, source)
+
+    def publish_durable(self, cmd: Publish, source: str) -> asyncio.Future[PublishResult]:
+        """Submit a durable publish; the future resolves once the store has committed it
+        (and it was fanned out), or fails with ``unavailable``/``overloaded``.
+
+        Raises :class:`PayloadTooLarge` (nothing submitted) if the payload is too big.
+        """
+        assert self.durable_log is not None, "durability is not enabled"
+        payload = self._encode_payload(cmd)
+        key = None
+        if cmd.idempotency_key is not None:
+            key = f"{tenant_of(cmd.topic)}\x00{cmd.idempotency_key}"
+        draft = EventDraft(
+            new_event_id(),
+            cmd.topic,
+            rfc3339_now(),
+            source,
+            payload,
+            cmd.headers,
+            cmd.correlation_id,
+            cmd.causation_id,
+            self.lamport.tick(cmd.lamport),
+            key,
+        )
+        appended = self.durable_log.submit(draft)
+        result: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
+
+        def resolve(done: asyncio.Future[AppendResult]) -> None:
+            if result.done():
+                return
+            if done.cancelled():
+                result.cancel()
+            elif (exc := done.exception()) is not None:
+                result.set_exception(exc)
+            else:
+                stored = done.result()
+                event = stored.event
+                if stored.duplicate:
+                    self.stats.duplicates += 1
+                else:
+                    self.stats.publishes += 1
+                result.set_result(
+                    PublishResult(
+                        event.id,
+                        event.topic,
+                        event.seq,
+                        event.epoch,
+                        event.lamport,
+                        stored.duplicate,
+                    )
+                )
+
+        appended.add_done_callback(resolve)
+        return result
+
+    def _fan_out_stored(self, event: StoredEvent) -> None:
+        frame = ws_text_frame(event_message(event.envelope_json()))
+        self._fan_out(event.topic, frame, event.headers, event.seq)
+
     def publish(self, cmd: Publish, source: str) -> PublishResult:
-        """Sequence, encode once and fan out one event; see the module contract.
+        """Sequence, encode once and fan out one ephemeral event; see the module contract.
 
         Raises :class:`PayloadTooLarge` before anything is assigned if the payload is too big.
         """
@@ -186,11 +309,7 @@ class Hub:
                 return PublishResult(
                     seen.id, seen.topic, seen.seq, seen.epoch, seen.lamport, duplicate=True
                 )
-        payload = orjson.dumps(cmd.payload)
-        if len(payload) > self.config.max_payload_bytes:
-            raise PayloadTooLarge(
-                f"payload is {len(payload)} bytes; the limit is {self.config.max_payload_bytes}"
-            )
+        payload = self._encode_payload(cmd)
         epoch, seq = self.sequencer.next(cmd.topic)
         lamport = self.lamport.tick(cmd.lamport)
         event_id = new_event_id()
@@ -213,10 +332,10 @@ class Hub:
         if dedupe_key is not None:
             self.dedupe.put(dedupe_key, result)
         self.stats.publishes += 1
-        self._fan_out(cmd.topic, ws_text_frame(event_message(envelope)), cmd.headers)
+        self._fan_out(cmd.topic, ws_text_frame(event_message(envelope)), cmd.headers, seq)
         return result
 
-    def _fan_out(self, topic: str, frame: bytes, headers: dict[str, str]) -> None:
+    def _fan_out(self, topic: str, frame: bytes, headers: dict[str, str], seq: int) -> None:
         subs = self.index.match(topic)
         if not subs:
             return
@@ -229,6 +348,9 @@ class Hub:
             if entry is None:
                 key = headers.get(sub.key_header) if sub.policy is Policy.LATEST_PER_KEY else None
                 entry = entries[variant] = Entry(frame, sub.policy, key, now)
+            if sub.recovering is not None:
+                self._park(sub, seq, entry)
+                continue
             conn = sub.owner
             queue = conn.queue
             dropped_before = queue.dropped
@@ -250,6 +372,32 @@ class Hub:
         if dirty and not self._flush_scheduled:
             self._flush_scheduled = True
             self._call_soon(self.flush_dirty)
+
+    def _park(self, sub: Subscription, seq: int, entry: Entry) -> None:
+        """Hold a live event for a subscription that is still replaying history."""
+        assert sub.recovering is not None
+        if len(sub.recovering) >= self.config.max_recovery_buffer:
+            self.stats.slow_disconnects += 1
+            self.close(sub.owner, CloseCode.SLOW_CONSUMER, "recovery buffer full", flush=False)
+            return
+        sub.recovering.append((seq, entry))
+
+    def deliver(self, sub: Subscription, entry: Entry) -> None:
+        """Queue one event for ``sub`` now, applying its policy (used after a replay)."""
+        conn = sub.owner
+        if conn.closed:
+            return
+        queue = conn.queue
+        dropped_before = queue.dropped
+        outcome = queue.push(entry)
+        if outcome is PushOutcome.OVERFLOW:
+            self.stats.slow_disconnects += 1
+            self.close(conn, CloseCode.SLOW_CONSUMER, "slow consumer", flush=False)
+            return
+        if outcome is PushOutcome.DROPPED:
+            name = sub.policy.value
+            self.stats.drops[name] = self.stats.drops.get(name, 0) + queue.dropped - dropped_before
+        self.mark_dirty(conn)
 
     # -- writing -----------------------------------------------------------------------
 

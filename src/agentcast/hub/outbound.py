@@ -62,6 +62,13 @@ class OutboundQueue:
         self._entries.append(entry)
         self.bytes += len(entry.frame)
 
+    def push_replay(self, entry: Entry) -> None:
+        """Queue a replayed history event past the bounds. The replayer paces itself (it
+        waits for the queue to drain between pages), so this overshoots by one page at most;
+        a drop here would be a gap in a recovery that promised none."""
+        self._entries.append(entry)
+        self.bytes += len(entry.frame)
+
     def push(self, entry: Entry) -> PushOutcome:
         """Queue an event entry, applying its policy if it does not fit.
 

@@ -45,19 +45,37 @@ class Policy(StrEnum):
 
 
 @dataclass(slots=True, frozen=True)
+class Position:
+    """A stream position: the last event a client has seen of a topic."""
+
+    epoch: str
+    seq: int
+
+
+@dataclass(slots=True, frozen=True)
 class Hello:
     id: CommandId
     client: str | None = None
     token: str | None = None
-    resume: dict[str, Any] = field(default_factory=dict)
+    resume: dict[str, Position] = field(default_factory=dict)
 
 
 @dataclass(slots=True, frozen=True)
 class Subscribe:
+    """``since``, ``last`` and ``since_time`` ask for history (durable exact topics only);
+    at most one of them is set."""
+
     id: CommandId
     topic: str
     policy: Policy | None = None
     key_header: str = "key"
+    since: Position | None = None
+    last: int | None = None
+    since_time: str | None = None
+
+    @property
+    def wants_history(self) -> bool:
+        return self.since is not None or self.last is not None or self.since_time is not None
 
 
 @dataclass(slots=True, frozen=True)
@@ -133,21 +151,51 @@ def parse_headers(value: Any) -> dict[str, str]:
     return value
 
 
+MAX_RESUME_TOPICS = 256
+
+
+def parse_position(value: Any, name: str) -> Position:
+    """Validate ``{"epoch": str, "seq": int >= 0}``."""
+    if not isinstance(value, dict):
+        raise ProtocolError(f"'{name}' must be an object with 'epoch' and 'seq'")
+    epoch = value.get("epoch")
+    seq = value.get("seq")
+    if not isinstance(epoch, str) or len(epoch) > MAX_NAME_LENGTH:
+        raise ProtocolError(f"'{name}.epoch' must be a string")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise ProtocolError(f"'{name}.seq' must be a non-negative integer")
+    return Position(epoch, seq)
+
+
 def _hello(cid: CommandId, obj: dict[str, Any]) -> Hello:
     version = obj.get("protocol", PROTOCOL_VERSION)
     if version != PROTOCOL_VERSION or isinstance(version, bool):
         raise UnsupportedProtocol(f"protocol {version!r} is not supported; this server speaks 1")
-    resume = obj.get("resume") or {}
-    if not isinstance(resume, dict):
+    raw_resume = obj.get("resume") or {}
+    if not isinstance(raw_resume, dict):
         raise ProtocolError("'resume' must be an object of topic -> position")
+    if len(raw_resume) > MAX_RESUME_TOPICS:
+        raise ProtocolError(f"'resume' holds at most {MAX_RESUME_TOPICS} topics")
+    resume = {
+        validate_topic(topic): parse_position(position, f"resume.{topic}")
+        for topic, position in raw_resume.items()
+    }
     return Hello(cid, _opt_str(obj, "client"), _opt_str(obj, "token", 16384), resume)
 
 
 def _subscribe(cid: CommandId, obj: dict[str, Any]) -> Subscribe:
     topic = validate_pattern(_required(obj, "topic"))
-    for reserved in ("since", "group"):
-        if obj.get(reserved) is not None:
-            raise Unsupported(f"'{reserved}' needs durable topics, which are not enabled")
+    if obj.get("group") is not None:
+        raise Unsupported("'group' (consumer groups) is not supported by this node")
+    since = None if obj.get("since") is None else parse_position(obj["since"], "since")
+    last = obj.get("last")
+    if last is not None and (isinstance(last, bool) or not isinstance(last, int) or last < 1):
+        raise ProtocolError("'last' must be a positive integer")
+    since_time = _opt_str(obj, "since_time", 64)
+    if sum(x is not None for x in (since, last, since_time)) > 1:
+        raise ProtocolError("use at most one of 'since', 'last' and 'since_time'")
+    if (since or last or since_time) and is_pattern(topic):
+        raise Unsupported("history and resume need an exact topic, not a pattern")
     policy_name = obj.get("policy")
     policy: Policy | None = None
     if policy_name is not None:
@@ -157,7 +205,7 @@ def _subscribe(cid: CommandId, obj: dict[str, Any]) -> Subscribe:
             names = ", ".join(p.value for p in Policy)
             raise ProtocolError(f"'policy' must be one of {names}") from None
     key_header = _opt_str(obj, "key_header", MAX_HEADER_NAME) or "key"
-    return Subscribe(cid, topic, policy, key_header)
+    return Subscribe(cid, topic, policy, key_header, since, last, since_time)
 
 
 def _unsubscribe(cid: CommandId, obj: dict[str, Any]) -> Unsubscribe:

@@ -21,6 +21,12 @@ def rfc3339_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def rfc3339_at(timestamp: float) -> str:
+    """A POSIX timestamp in the same format as :func:`rfc3339_now` (sortable as text)."""
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
 @dataclass(slots=True, frozen=True)
 class Envelope:
     """One event as delivered to subscribers; see docs/protocol.md for every field."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -9,7 +10,14 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from agentcast.errors import AgentcastError, BadJson, PayloadTooLarge, ProtocolError
+from agentcast.errors import (
+    AgentcastError,
+    BadJson,
+    Overloaded,
+    PayloadTooLarge,
+    ProtocolError,
+    Unavailable,
+)
 from agentcast.hub.hub import Hub
 from agentcast.protocol.commands import parse_publish_fields
 
@@ -44,12 +52,16 @@ def make_http_app(
             fields.pop("ack", None)
             cmd = parse_publish_fields(None, fields)
             name = request.headers.get("X-Agentcast-Client", "http")[:128]
-            result = hub.publish(cmd, f"ac://http/{name}")
+            published = hub.publish_any(cmd, f"ac://http/{name}")
+            result = await published if isinstance(published, asyncio.Future) else published
         except PayloadTooLarge as exc:
             return _error(413, exc)
         except ProtocolError as exc:
             hub.stats.errors += 1
             return _error(400, exc)
+        except (Overloaded, Unavailable) as exc:
+            hub.stats.errors += 1
+            return _error(503, exc)
         return web.Response(body=orjson.dumps(result.to_dict()), content_type="application/json")
 
     async def healthz(request: web.Request) -> web.Response:

@@ -1,0 +1,78 @@
+"""Decoding of server messages for the client (pure functions, no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from agentcast.errors import ClientError
+from agentcast.protocol.envelope import Envelope
+
+
+@dataclass(slots=True, frozen=True)
+class Reply:
+    """A ``reply`` message: ``result`` when ``error`` is ``None``, else the refusal."""
+
+    id: object
+    result: Any = None
+    error: ClientError | None = None
+
+    @property
+    def lamport(self) -> int | None:
+        """The Lamport time a successful reply carries (``publish`` results do)."""
+        if self.error is None and isinstance(self.result, dict):
+            value = self.result.get("lamport")
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        return None
+
+
+class Ignored:
+    """A message the client has no use for (heartbeat, unknown type)."""
+
+
+IGNORED = Ignored()
+
+ServerMessage = Envelope | Reply | Ignored
+
+
+class MalformedMessage(ValueError):
+    """A frame that breaks the wire protocol (not JSON, binary, missing fields)."""
+
+
+def decode_server_message(message: str | bytes) -> ServerMessage:
+    """Decode one server frame into an event envelope, a reply, or :data:`IGNORED`.
+
+    Raises :class:`MalformedMessage` for a binary frame, invalid JSON or a malformed event.
+    """
+    if isinstance(message, bytes):
+        raise MalformedMessage("binary frames are not part of the protocol")
+    try:
+        data = orjson.loads(message)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedMessage(f"frame is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MalformedMessage("a server message must be a JSON object")
+    kind = data.get("type")
+    if kind == "event":
+        raw = data.get("event")
+        if not isinstance(raw, dict):
+            raise MalformedMessage("an event message needs an 'event' object")
+        try:
+            return Envelope.from_dict(raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MalformedMessage(f"malformed event: {exc!r}") from None
+    if kind == "reply":
+        if data.get("ok") is True:
+            return Reply(data.get("id"), data.get("result"))
+        error = data.get("error")
+        if not isinstance(error, dict):
+            error = {}
+        refusal = ClientError(
+            str(error.get("message") or "the node refused the command"),
+            code=str(error.get("code") or "internal"),
+        )
+        return Reply(data.get("id"), error=refusal)
+    return IGNORED

@@ -1,0 +1,1 @@
+"""History and consumer-state stores."""
