@@ -13,6 +13,7 @@ import pytest
 from agentcast.config import ServerConfig
 from agentcast.hub.durability import DurableRule, GapPolicy
 from agentcast.node import Node
+from tests.pg import pg_history_url
 from tests.wsclient import RawClient
 
 RULES = (
@@ -29,8 +30,12 @@ def durable_config(history: str, **kw: Any) -> ServerConfig:
     )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def dnode(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Node]:
+    if request.param == "postgres":
+        async with pg_history_url() as url, Node(durable_config(url)) as node:
+            yield node
+        return
     history = "memory" if request.param == "memory" else f"sqlite:///{tmp_path}/h.db"
     async with Node(durable_config(history)) as node:
         yield node
@@ -50,7 +55,7 @@ async def publish_n(client: RawClient, topic: str, n: int, start: int = 0) -> li
             assert message["ok"], message
             results[message["id"]] = message["result"]
         elif message["type"] == "event":
-            client.pending_events.append(message["event"])
+            client.pending_events.append(message)
     return [results[i] for i in ids]
 
 

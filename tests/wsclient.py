@@ -44,16 +44,22 @@ class RawClient:
             if message["type"] == "reply" and message["id"] == command_id:
                 return message
             if message["type"] == "event":
-                self.pending_events.append(message["event"])
+                self.pending_events.append(message)
 
-    async def next_event(self) -> dict[str, Any]:
+    async def next_event_message(self) -> dict[str, Any]:
+        """The next ``event`` message, whole (group deliveries carry ``group`` and
+        ``attempt`` beside the envelope)."""
         if self.pending_events:
             return self.pending_events.popleft()
         while True:
             message = await self.recv()
             if message["type"] == "event":
-                event: dict[str, Any] = message["event"]
-                return event
+                return message
+
+    async def next_event(self) -> dict[str, Any]:
+        """The envelope of the next event."""
+        event: dict[str, Any] = (await self.next_event_message())["event"]
+        return event
 
     async def close(self) -> None:
         await self.ws.close()

@@ -112,3 +112,7 @@ class Unavailable(AgentcastError):
     the same idempotency key."""
 
     code = "unavailable"
+
+
+class NotInFlight(ProtocolError):
+    code = "not_in_flight"

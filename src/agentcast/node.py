@@ -26,6 +26,7 @@ from agentcast.metrics import make_registry, render
 from agentcast.protocol.codes import CloseCode
 from agentcast.protocol.envelope import rfc3339_at
 from agentcast.storage.base import HistoryStore
+from agentcast.storage.consumers import ConsumerStore
 from agentcast.transport.http import make_http_app
 from agentcast.transport.ws import WS_PATH, WebSocketConnection, start_websocket_server
 
@@ -50,6 +51,7 @@ class Node:
         self._sockets: set[WebSocketConnection] = set()
         self._background: list[asyncio.Task[None]] = []
         self.history: HistoryStore | None = None
+        self.consumers: ConsumerStore | None = None
 
     @property
     def ws_url(self) -> str:
@@ -84,12 +86,15 @@ class Node:
         log.info("agentcast node %s ready: %s and %s", self.node_id, self.ws_url, self.http_url)
 
     async def _open_history(self, hub: Hub) -> None:
-        from agentcast.storage.factory import open_history_store
+        from agentcast.storage.factory import consumer_store_for, open_history_store
 
         store = open_history_store(self.config.history, dedupe_window=self.config.hub.dedupe_window)
         await store.open()
         self.history = store
-        durable_log = hub.enable_durability(DurabilityRules(self.config.durable), store)
+        consumers = consumer_store_for(store)
+        await consumers.open()
+        self.consumers = consumers
+        durable_log = hub.enable_durability(DurabilityRules(self.config.durable), store, consumers)
         self._background.append(asyncio.create_task(durable_log.run(), name="agentcast-commit"))
         self._background.append(asyncio.create_task(self._retain(), name="agentcast-retention"))
 
@@ -126,6 +131,8 @@ class Node:
             self.hub.close_all(CloseCode.SHUTDOWN, "server shutting down")
             await self._wait_drained(self.config.shutdown_grace)
             await self.hub.cancel_tasks()
+            if self.hub.groups is not None:
+                await self.hub.groups.save_all()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -133,6 +140,9 @@ class Node:
         if self.history is not None:
             await self.history.close()
             self.history = None
+        if self.consumers is not None:
+            await self.consumers.close()
+            self.consumers = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -117,6 +117,7 @@ def run_fanout(
         if not quiet:
             print(text, file=sys.stderr, flush=True)
 
+    loadavg_before = round(os.getloadavg()[0], 2)
     children: list[subprocess.Popen[bytes]] = []
     try:
         say(f"fanout {mode_of(params)}: starting the {params.server} server")
@@ -153,7 +154,9 @@ def run_fanout(
             raise BenchError(f"the load process failed (exit status {load.returncode})")
         if server.poll() is not None:
             raise BenchError(f"the server exited during the run (status {server.returncode})")
-        return _last_json_line(out)
+        measured = _last_json_line(out)
+        measured["loadavg_1m_before"] = loadavg_before
+        return measured
     finally:
         for child in reversed(children):
             _stop(child)

@@ -80,6 +80,7 @@ def build_result(
         "first_error": measured.get("first_error"),
         "disconnects": measured.get("disconnects", 0),
         "pinned": {"server": pinned[0], "load": pinned[1]},
+        "loadavg_1m_before": measured.get("loadavg_1m_before"),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),

@@ -313,7 +313,7 @@ async def run_load(plan: LoadPlan) -> dict[str, Any]:
         await ticker
         for subscriber in opened:
             subscriber.transport.disconnect(graceful=False)
-        if publisher is not None and hasattr(publisher, "transport"):
+        if publisher is not None:
             publisher.transport.disconnect(graceful=False)
 
 

@@ -23,3 +23,6 @@ class HubConfig:
     idle_timeout: float = 60.0
     max_recovery_buffer: int = 10_000
     replay_page: int = 500
+    group_ack_timeout: float = 30.0
+    group_max_deliver: int = 5
+    group_max_in_flight: int = 16

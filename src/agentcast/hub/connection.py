@@ -9,6 +9,7 @@ from agentcast.hub.outbound import Entry, OutboundQueue
 from agentcast.protocol.commands import Policy
 
 if TYPE_CHECKING:
+    from agentcast.hub.groups import Member
     from agentcast.hub.hub import Hub
 
 
@@ -53,6 +54,7 @@ class Connection:
         "closed",
         "dirty",
         "drained",
+        "groups",
         "hello_done",
         "hub",
         "id",
@@ -80,6 +82,7 @@ class Connection:
         self.last_ping = now
         self.next_order = 0
         self.drained: list[Callable[[], None]] = []
+        self.groups: dict[tuple[str, str], Member] = {}
 
     @property
     def source(self) -> str:

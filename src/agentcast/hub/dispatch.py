@@ -12,17 +12,22 @@ from agentcast.errors import (
     AlreadyHello,
     HelloRequired,
     NotDurable,
+    NotInFlight,
+    NotSubscribed,
     ProtocolError,
     Unavailable,
 )
 from agentcast.hub.connection import Connection, Subscription
+from agentcast.hub.groups import GroupSettings
 from agentcast.hub.hub import PublishResult
 from agentcast.hub.recovery import RecoveryPlan, plan_recovery, run_replay
 from agentcast.protocol.commands import (
     PROTOCOL_VERSION,
+    Ack,
     Command,
     CommandId,
     Hello,
+    Nack,
     Ping,
     Publish,
     Subscribe,
@@ -84,6 +89,10 @@ def _execute(conn: Connection, cmd: Command) -> object:
         if not conn.hello_done:
             raise HelloRequired("send 'hello' first")
         if isinstance(cmd, Subscribe):
+            if cmd.group is not None:
+                settings = _group_settings(conn, cmd)
+                hub.spawn(_join_group(conn, cmd, settings))
+                return _NO_REPLY
             if cmd.wants_history:
                 sub = _subscribe_recovering(conn, cmd)
                 hub.spawn(_recover_one(conn, sub, cmd))
@@ -91,12 +100,60 @@ def _execute(conn: Connection, cmd: Command) -> object:
             hub.subscribe(conn, cmd.topic, cmd.policy, cmd.key_header)
             return {"topic": cmd.topic}
         if isinstance(cmd, Unsubscribe):
+            if cmd.group is not None:
+                if hub.groups is None or not hub.groups.leave(conn, (cmd.topic, cmd.group)):
+                    raise NotSubscribed(f"not a member of group {cmd.group!r} on {cmd.topic!r}")
+                return {"topic": cmd.topic, "group": cmd.group}
             hub.unsubscribe(conn, cmd.topic)
             return {"topic": cmd.topic}
+        if isinstance(cmd, Ack | Nack):
+            if hub.groups is None:
+                raise NotInFlight("this node has no consumer groups (no durable topics)")
+            key = (cmd.topic, cmd.group)
+            if isinstance(cmd, Ack):
+                hub.groups.ack(conn, key, cmd.seq)
+            else:
+                hub.groups.nack(conn, key, cmd.seq, cmd.delay, cmd.reason)
+            return {"topic": cmd.topic, "group": cmd.group, "seq": cmd.seq}
         raise AssertionError(f"unhandled command {cmd!r}")
     except ProtocolError as exc:
         exc.command_id = cmd.id
         raise
+
+
+def _group_settings(conn: Connection, cmd: Subscribe) -> GroupSettings:
+    hub = conn.hub
+    if hub.groups is None or hub.durability.rule_for(cmd.topic) is None:
+        raise NotDurable(f"{cmd.topic!r} is not a durable topic; consumer groups need one")
+    config = hub.config
+    return GroupSettings(
+        ack_timeout=cmd.ack_timeout or config.group_ack_timeout,
+        max_deliver=cmd.max_deliver or config.group_max_deliver,
+        max_in_flight=cmd.max_in_flight or config.group_max_in_flight,
+        key_header=cmd.key_header,
+        dead_letter_topic=cmd.dead_letter_topic,
+    )
+
+
+async def _join_group(conn: Connection, cmd: Subscribe, settings: GroupSettings) -> None:
+    groups = conn.hub.groups
+    assert groups is not None and cmd.group is not None
+    if (cmd.topic, cmd.group) in conn.groups:
+        conn.send_control(ws_text_frame(ok_reply(cmd.id, {"topic": cmd.topic,
+                                                          "group": cmd.group})))
+        return
+    try:
+        runner = await groups.join(conn, cmd.topic, cmd.group, settings)
+    except Exception as exc:
+        _send_error(conn, cmd.id, exc if isinstance(exc, AgentcastError)
+                    else Unavailable(f"loading group progress failed: {exc}"))
+        return
+    group = runner.group
+    conn.send_control(ws_text_frame(ok_reply(cmd.id, {
+        "topic": cmd.topic, "group": cmd.group, "floor": group.floor,
+        "ack_timeout": group.settings.ack_timeout, "max_deliver": group.settings.max_deliver,
+        "max_in_flight": group.settings.max_in_flight,
+    })))
 
 
 def _reply_published(

@@ -31,6 +31,7 @@ import orjson
 from agentcast.errors import NotSubscribed, PayloadTooLarge, TooManySubscriptions
 from agentcast.hub.config import HubConfig
 from agentcast.hub.connection import Connection, Sink, Subscription
+from agentcast.hub.consumer_groups import GroupManager
 from agentcast.hub.dedupe import DedupeWindow
 from agentcast.hub.durability import DurabilityRules
 from agentcast.hub.durable_log import DurableLog
@@ -44,6 +45,7 @@ from agentcast.protocol.envelope import new_event_id, rfc3339_now
 from agentcast.protocol.frames import event_message, ws_text_frame
 from agentcast.protocol.topics import tenant_of
 from agentcast.storage.base import AppendResult, EventDraft, HistoryStore, StoredEvent
+from agentcast.storage.consumers import ConsumerStore
 
 log = logging.getLogger(__name__)
 
@@ -95,18 +97,23 @@ class Hub:
         self.durability = DurabilityRules()
         self.history: HistoryStore | None = None
         self.durable_log: DurableLog | None = None
+        self.groups: GroupManager | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self._call_soon = call_soon
         self._ids = count(1)
         self._dirty: list[Connection] = []
         self._flush_scheduled = False
 
-    def enable_durability(self, rules: DurabilityRules, history: HistoryStore) -> DurableLog:
-        """Make topics matching ``rules`` durable in ``history``; returns the commit log
-        whose :meth:`DurableLog.run` the caller must run in a task."""
+    def enable_durability(
+        self, rules: DurabilityRules, history: HistoryStore, consumers: ConsumerStore
+    ) -> DurableLog:
+        """Make topics matching ``rules`` durable in ``history`` (consumer groups keep their
+        progress in ``consumers``); returns the commit log whose :meth:`DurableLog.run` the
+        caller must run in a task."""
         self.durability = rules
         self.history = history
         self.durable_log = DurableLog(history, self._fan_out_stored)
+        self.groups = GroupManager(self, consumers)
         return self.durable_log
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -151,6 +158,9 @@ class Hub:
         callbacks, conn.drained = conn.drained, []
         for callback in callbacks:
             callback()
+        if conn.groups and self.groups is not None:
+            for key in list(conn.groups):
+                self.groups.leave(conn, key)
 
     def close(self, conn: Connection, code: CloseCode, reason: str, *, flush: bool) -> None:
         """Close ``conn`` with ``code``; with ``flush`` its queued frames are written first."""
@@ -184,6 +194,8 @@ class Hub:
         """
         idle_timeout = self.config.idle_timeout
         heartbeat = self.config.heartbeat_interval
+        if self.groups is not None:
+            self.groups.sweep(now)
         for conn in list(self.connections.values()):
             if now - conn.last_recv > idle_timeout:
                 self.close(conn, CloseCode.IDLE_TIMEOUT, "idle timeout", flush=False)
@@ -294,6 +306,8 @@ class Hub:
     def _fan_out_stored(self, event: StoredEvent) -> None:
         frame = ws_text_frame(event_message(event.envelope_json()))
         self._fan_out(event.topic, frame, event.headers, event.seq)
+        if self.groups is not None:
+            self.groups.appended(event.topic, event.seq)
 
     def publish(self, cmd: Publish, source: str) -> PublishResult:
         """Sequence, encode once and fan out one ephemeral event; see the module contract.

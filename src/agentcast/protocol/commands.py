@@ -7,6 +7,7 @@ could be read, so the caller can address the error reply.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -72,6 +73,11 @@ class Subscribe:
     since: Position | None = None
     last: int | None = None
     since_time: str | None = None
+    group: str | None = None
+    ack_timeout: float | None = None
+    max_deliver: int | None = None
+    max_in_flight: int | None = None
+    dead_letter_topic: str | None = None
 
     @property
     def wants_history(self) -> bool:
@@ -82,6 +88,29 @@ class Subscribe:
 class Unsubscribe:
     id: CommandId
     topic: str
+    group: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Ack:
+    """A group member finished ``seq`` of ``topic``."""
+
+    id: CommandId
+    topic: str
+    group: str
+    seq: int
+
+
+@dataclass(slots=True, frozen=True)
+class Nack:
+    """A group member gives ``seq`` back, to be redelivered after ``delay`` seconds."""
+
+    id: CommandId
+    topic: str
+    group: str
+    seq: int
+    delay: float = 0.0
+    reason: str = ""
 
 
 @dataclass(slots=True, frozen=True)
@@ -102,7 +131,7 @@ class Ping:
     id: CommandId
 
 
-Command = Hello | Subscribe | Unsubscribe | Publish | Ping
+Command = Hello | Subscribe | Unsubscribe | Publish | Ping | Ack | Nack
 
 
 def _command_id(obj: dict[str, Any]) -> CommandId:
@@ -186,7 +215,7 @@ def _hello(cid: CommandId, obj: dict[str, Any]) -> Hello:
 def _subscribe(cid: CommandId, obj: dict[str, Any]) -> Subscribe:
     topic = validate_pattern(_required(obj, "topic"))
     if obj.get("group") is not None:
-        raise Unsupported("'group' (consumer groups) is not supported by this node")
+        return _subscribe_group(cid, topic, obj)
     since = None if obj.get("since") is None else parse_position(obj["since"], "since")
     last = obj.get("last")
     if last is not None and (isinstance(last, bool) or not isinstance(last, int) or last < 1):
@@ -208,8 +237,74 @@ def _subscribe(cid: CommandId, obj: dict[str, Any]) -> Subscribe:
     return Subscribe(cid, topic, policy, key_header, since, last, since_time)
 
 
+_GROUP_RE = re.compile(r"[A-Za-z0-9\-_:@~=]{1,64}")
+MAX_ACK_TIMEOUT = 86_400.0
+
+
+def _group_name(value: Any) -> str:
+    if not isinstance(value, str) or _GROUP_RE.fullmatch(value) is None:
+        raise ProtocolError("'group' must be 1-64 characters of A-Z a-z 0-9 - _ : @ ~ =")
+    return value
+
+
+def _opt_number(obj: dict[str, Any], name: str, low: float, high: float) -> float | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ProtocolError(f"'{name}' must be a number from {low:g} to {high:g}")
+    return float(value)
+
+
+def _subscribe_group(cid: CommandId, topic: str, obj: dict[str, Any]) -> Subscribe:
+    if is_pattern(topic):
+        raise Unsupported("consumer groups need an exact topic, not a pattern")
+    for field_name in ("since", "last", "since_time", "policy"):
+        if obj.get(field_name) is not None:
+            raise ProtocolError(f"'{field_name}' does not apply to a group subscription")
+    max_deliver = _opt_number(obj, "max_deliver", 1, 1000)
+    max_in_flight = _opt_number(obj, "max_in_flight", 1, 10_000)
+    dead_letter = obj.get("dead_letter_topic")
+    if dead_letter is not None:
+        validate_topic(dead_letter)
+    return Subscribe(
+        cid,
+        topic,
+        key_header=_opt_str(obj, "key_header", MAX_HEADER_NAME) or "key",
+        group=_group_name(obj["group"]),
+        ack_timeout=_opt_number(obj, "ack_timeout", 0.1, MAX_ACK_TIMEOUT),
+        max_deliver=None if max_deliver is None else int(max_deliver),
+        max_in_flight=None if max_in_flight is None else int(max_in_flight),
+        dead_letter_topic=dead_letter,
+    )
+
+
 def _unsubscribe(cid: CommandId, obj: dict[str, Any]) -> Unsubscribe:
-    return Unsubscribe(cid, validate_pattern(_required(obj, "topic")))
+    group = obj.get("group")
+    return Unsubscribe(
+        cid,
+        validate_pattern(_required(obj, "topic")),
+        None if group is None else _group_name(group),
+    )
+
+
+def _seq(obj: dict[str, Any]) -> int:
+    seq = _required(obj, "seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        raise ProtocolError("'seq' must be a positive integer")
+    return seq
+
+
+def _ack(cid: CommandId, obj: dict[str, Any]) -> Ack:
+    topic = validate_topic(_required(obj, "topic"))
+    return Ack(cid, topic, _group_name(_required(obj, "group")), _seq(obj))
+
+
+def _nack(cid: CommandId, obj: dict[str, Any]) -> Nack:
+    topic = validate_topic(_required(obj, "topic"))
+    delay = _opt_number(obj, "delay", 0, MAX_ACK_TIMEOUT) or 0.0
+    reason = _opt_str(obj, "reason", MAX_HEADER_VALUE) or ""
+    return Nack(cid, topic, _group_name(_required(obj, "group")), _seq(obj), delay, reason)
 
 
 def parse_publish_fields(cid: CommandId, obj: dict[str, Any]) -> Publish:
@@ -249,6 +344,8 @@ _PARSERS: dict[str, Callable[[CommandId, dict[str, Any]], Command]] = {
     "unsubscribe": _unsubscribe,
     "publish": parse_publish_fields,
     "ping": _ping,
+    "ack": _ack,
+    "nack": _nack,
 }
 
 

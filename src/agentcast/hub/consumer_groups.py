@@ -1,0 +1,280 @@
+"""Runs consumer groups on a node: loads and saves their progress, reads history for them,
+sends their deliveries and dead-letters what used up its attempts.
+
+Group deliveries are control frames on the member's connection (never dropped by a
+slow-consumer policy; ``max_in_flight`` bounds them) of the form
+``{"type": "event", "group": NAME, "attempt": N, "event": ENVELOPE}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from agentcast.errors import AgentcastError, NotInFlight
+from agentcast.hub.groups import ConsumerGroup, DeadLetter, Delivery, GroupSettings, Member
+from agentcast.protocol.commands import Publish
+from agentcast.protocol.frames import ws_text_frame
+from agentcast.protocol.topics import tenant_of
+from agentcast.storage.consumers import ConsumerStore, GroupProgress
+
+if TYPE_CHECKING:
+    from agentcast.hub.connection import Connection
+    from agentcast.hub.hub import Hub
+
+log = logging.getLogger(__name__)
+
+READ_PAGE = 256
+SAVE_DELAY = 0.05
+
+
+def group_event_message(group: str, attempt: int, envelope_json: bytes) -> bytes:
+    """The JSON of a group delivery."""
+    return (
+        b'{"type":"event","group":' + orjson.dumps(group) + b',"attempt":'
+        + str(attempt).encode() + b',"event":' + envelope_json + b"}"
+    )
+
+
+class GroupRunner:
+    """Drives one :class:`ConsumerGroup`; all methods run on the hub's loop."""
+
+    def __init__(self, hub: Hub, group: ConsumerGroup, epoch: str, store: ConsumerStore):
+        self.hub = hub
+        self.group = group
+        self.epoch = epoch
+        self.store = store
+        self.appends = 0
+        self._pumping = False
+        self._save_handle: asyncio.TimerHandle | None = None
+        self.dead_lettered = 0
+        self.delivered = 0
+
+    def poke(self) -> None:
+        """Make progress soon (assign, read, send); coalesces concurrent pokes."""
+        if not self._pumping:
+            self._pumping = True
+            self.hub.spawn(self._pump())
+
+    def appended(self, seq: int) -> None:
+        self.appends += 1
+        self.group.notify_appended(seq)
+        self.poke()
+
+    async def _pump(self) -> None:
+        history = self.hub.history
+        assert history is not None
+        group = self.group
+        try:
+            while True:
+                deliveries, dead = group.assign(self.hub.clock())
+                for delivery in deliveries:
+                    self._send(delivery)
+                for letter in dead:
+                    self._dead_letter(letter)
+                want = group.wants_events()
+                if not want:
+                    return
+                seen = self.appends
+                events = await history.read(group.topic, group.cursor, min(want, READ_PAGE))
+                if events:
+                    group.add_events(events)
+                elif seen == self.appends:
+                    group.caught_up = True
+        finally:
+            self._pumping = False
+
+    def _send(self, delivery: Delivery) -> None:
+        assert delivery.member is not None
+        conn: Connection = delivery.member.owner  # type: ignore[assignment]
+        message = group_event_message(
+            self.group.name, delivery.attempts, delivery.event.envelope_json()
+        )
+        conn.send_control(ws_text_frame(message))
+        self.delivered += 1
+
+    def _dead_letter(self, letter: DeadLetter) -> None:
+        group = self.group
+        event = letter.delivery.event
+        topic = group.settings.dead_letter_topic or (
+            f"{tenant_of(group.topic)}.dead-letter.{group.name}"
+        )
+        payload: dict[str, Any] = {
+            "group": group.name,
+            "topic": group.topic,
+            "seq": event.seq,
+            "attempts": letter.delivery.attempts,
+            "reason": letter.reason,
+            "event": orjson.loads(event.envelope_json()),
+        }
+        cmd = Publish(None, topic, payload, {"reason": letter.reason[:1024]},
+                      causation_id=event.id, correlation_id=event.correlation_id)
+        source = f"ac://node/{self.hub.node_id}/group/{group.name}"
+        try:
+            published = self.hub.publish_any(cmd, source)
+        except AgentcastError as exc:
+            log.error("dead-lettering %s#%d failed: %s", group.topic, event.seq, exc)
+            self._done(event.seq)
+            return
+        if isinstance(published, asyncio.Future):
+            published.add_done_callback(lambda done: self._dead_lettered(event.seq, done))
+        else:
+            self._done(event.seq)
+
+    def _dead_lettered(self, seq: int, done: asyncio.Future[Any]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            log.error("dead-letter publish for %s#%d failed: %s", self.group.topic, seq,
+                      done.exception())
+        self._done(seq)
+
+    def _done(self, seq: int) -> None:
+        self.dead_lettered += 1
+        self.group.mark_done(seq)
+        self.schedule_save()
+        self.poke()
+
+    def schedule_save(self) -> None:
+        """Persist progress within ``SAVE_DELAY`` (coalesced)."""
+        if self._save_handle is None:
+            loop = asyncio.get_running_loop()
+            self._save_handle = loop.call_later(SAVE_DELAY, self._save_now)
+
+    def _save_now(self) -> None:
+        self._save_handle = None
+        self.hub.spawn(self.save())
+
+    async def save(self) -> None:
+        group = self.group
+        progress = GroupProgress(self.epoch, group.floor, frozenset(group.done_above))
+        try:
+            await self.store.save(group.topic, group.name, progress)
+        except Exception:
+            log.exception("saving progress of group %s on %s failed", group.name, group.topic)
+
+    def cancel_save(self) -> None:
+        if self._save_handle is not None:
+            self._save_handle.cancel()
+            self._save_handle = None
+
+
+class GroupManager:
+    """The node's consumer groups, keyed by ``(topic, group)``."""
+
+    def __init__(self, hub: Hub, store: ConsumerStore) -> None:
+        self.hub = hub
+        self.store = store
+        self.runners: dict[tuple[str, str], GroupRunner] = {}
+        self._by_topic: dict[str, dict[str, GroupRunner]] = {}
+        self._loading: dict[tuple[str, str], asyncio.Future[GroupRunner]] = {}
+        self._retired: dict[tuple[str, str], GroupRunner] = {}
+
+    async def join(self, conn: Connection, topic: str, name: str,
+                   settings: GroupSettings) -> GroupRunner:
+        """Add ``conn`` to the group (created from stored progress on first join)."""
+        key = (topic, name)
+        runner = self.runners.get(key) or self._retired.pop(key, None) or await self._load(
+            key, settings
+        )
+        self.runners.setdefault(key, runner)
+        self._by_topic.setdefault(topic, {}).setdefault(name, runner)
+        if conn.closed:
+            return runner
+        member = runner.group.add_member(conn)
+        conn.groups[key] = member
+        runner.poke()
+        return runner
+
+    async def _load(self, key: tuple[str, str], settings: GroupSettings) -> GroupRunner:
+        loading = self._loading.get(key)
+        if loading is not None:
+            return await asyncio.shield(loading)
+        future: asyncio.Future[GroupRunner] = asyncio.get_running_loop().create_future()
+        self._loading[key] = future
+        try:
+            history = self.hub.history
+            assert history is not None
+            topic, name = key
+            position = await history.position(topic)
+            epoch = position.epoch if position else ""
+            progress = await self.store.load(topic, name)
+            floor, done = 0, frozenset[int]()
+            if progress is not None and progress.epoch == epoch:
+                floor, done = progress.floor, progress.done
+            group = ConsumerGroup(topic, name, settings, floor, done)
+            runner = self.runners[key] = GroupRunner(self.hub, group, epoch, self.store)
+            self._by_topic.setdefault(topic, {})[name] = runner
+            future.set_result(runner)
+            return runner
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here; waiters re-raise it
+            raise
+        finally:
+            del self._loading[key]
+
+    def leave(self, conn: Connection, key: tuple[str, str]) -> bool:
+        """Remove ``conn`` from a group; its deliveries go back to the others."""
+        member = conn.groups.pop(key, None)
+        runner = self.runners.get(key)
+        if member is None or runner is None:
+            return False
+        runner.group.remove_member(member, self.hub.clock())
+        if not runner.group.members:
+            runner.cancel_save()
+            del self.runners[key]
+            by_name = self._by_topic[key[0]]
+            del by_name[key[1]]
+            if not by_name:
+                del self._by_topic[key[0]]
+            self._retired[key] = runner
+            self.hub.spawn(self._final_save(key, runner))
+        else:
+            runner.poke()
+        return True
+
+    def _member(self, conn: Connection, key: tuple[str, str]) -> tuple[GroupRunner, Member]:
+        member = conn.groups.get(key)
+        runner = self.runners.get(key)
+        if member is None or runner is None:
+            raise NotInFlight(f"not a member of group {key[1]!r} on {key[0]!r}")
+        return runner, member
+
+    def ack(self, conn: Connection, key: tuple[str, str], seq: int) -> None:
+        runner, member = self._member(conn, key)
+        if not runner.group.ack(member, seq):
+            raise NotInFlight(f"seq {seq} is not in flight to this connection")
+        runner.schedule_save()
+        runner.poke()
+
+    def nack(self, conn: Connection, key: tuple[str, str], seq: int, delay: float,
+             reason: str) -> None:
+        runner, member = self._member(conn, key)
+        if not runner.group.nack(member, seq, delay, reason, self.hub.clock()):
+            raise NotInFlight(f"seq {seq} is not in flight to this connection")
+        runner.poke()
+
+    def appended(self, topic: str, seq: int) -> None:
+        """A durable event was committed on ``topic``."""
+        for runner in self._by_topic.get(topic, {}).values():
+            runner.appended(seq)
+
+    def sweep(self, now: float) -> None:
+        """Expire ack timeouts and release due redeliveries."""
+        for runner in self.runners.values():
+            if runner.group.expire(now) or runner.group.has_due(now):
+                runner.poke()
+
+    async def _final_save(self, key: tuple[str, str], runner: GroupRunner) -> None:
+        await runner.save()
+        if self._retired.get(key) is runner:
+            del self._retired[key]
+
+    async def save_all(self) -> None:
+        """Save every group's progress now (at shutdown, after tasks were cancelled)."""
+        for runner in [*self.runners.values(), *self._retired.values()]:
+            runner.cancel_save()
+            await runner.save()
+        self._retired.clear()
