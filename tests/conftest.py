@@ -5,6 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# The machine is shared and noisy: never fail a property test for being slow.
+settings.register_profile(
+    "agentcast", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("agentcast")
 
 from agentcast.config import ServerConfig
 from agentcast.hub.config import HubConfig

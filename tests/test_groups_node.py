@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from agentcast.config import ServerConfig
@@ -21,8 +22,14 @@ RULES = (DurableRule("acme.>"),)
 
 
 def config(history: str) -> ServerConfig:
-    return ServerConfig(port=0, http_port=0, history=history, durable=RULES,
-                        retention_interval=3600, hub=HubConfig(group_ack_timeout=30))
+    return ServerConfig(
+        port=0,
+        http_port=0,
+        history=history,
+        durable=RULES,
+        retention_interval=3600,
+        hub=HubConfig(group_ack_timeout=30),
+    )
 
 
 @pytest.fixture
@@ -99,8 +106,9 @@ async def test_nack_requeues_and_max_deliver_dead_letters_with_the_reason(gnode:
     for attempt in (1, 2):
         message = await next_delivery(worker)
         assert (message["event"]["seq"], message["attempt"]) == (1, attempt)
-        reply = await worker.call("nack", topic="acme.jobs", group="workers", seq=1,
-                                  reason="tool crashed")
+        reply = await worker.call(
+            "nack", topic="acme.jobs", group="workers", seq=1, reason="tool crashed"
+        )
         assert reply["ok"]
     dead = await watcher.next_event()
     assert dead["payload"]["seq"] == 1 and dead["payload"]["attempts"] == 2
@@ -109,6 +117,12 @@ async def test_nack_requeues_and_max_deliver_dead_letters_with_the_reason(gnode:
     assert dead["headers"]["reason"] == "nack: tool crashed"
     message = await next_delivery(worker)
     assert message["event"]["seq"] == 2
+    async with aiohttp.ClientSession() as http, http.get(f"{gnode.http_url}/metrics") as resp:
+        text = await resp.text()
+    assert "agentcast_group_dead_letters_total 1.0" in text
+    assert "agentcast_group_deliveries_total 3.0" in text
+    assert "agentcast_group_in_flight 1.0" in text
+    assert "agentcast_durable_appended_total 3.0" in text  # two jobs and one dead letter
 
 
 async def test_a_leaving_member_hands_its_deliveries_to_the_others(gnode: Node) -> None:

@@ -63,6 +63,7 @@ class HubCollector(Collector):
         }
         for name, (doc, value) in counters.items():
             yield CounterMetricFamily(name, doc, value=value)
+        yield from self._durable()
         drops = CounterMetricFamily(
             "agentcast_drops", "Events dropped by a slow-consumer policy.", labels=["policy"]
         )
@@ -79,6 +80,53 @@ class HubCollector(Collector):
             "Time from publication to transport write (oldest frame of each flush).",
             stats.write_latency,
         )
+
+    def _durable(self) -> Iterator[Metric]:
+        hub = self.hub
+        stats = hub.stats
+        durable_log = hub.durable_log
+        if durable_log is not None:
+            yield CounterMetricFamily(
+                "agentcast_durable_commits",
+                "Store appends (group commits).",
+                value=durable_log.batches,
+            )
+            yield CounterMetricFamily(
+                "agentcast_durable_appended", "Durable events stored.", value=durable_log.appended
+            )
+            yield CounterMetricFamily(
+                "agentcast_durable_failures",
+                "Store appends that failed.",
+                value=durable_log.failures,
+            )
+            yield GaugeMetricFamily(
+                "agentcast_durable_pending",
+                "Durable publishes waiting for a commit.",
+                value=len(durable_log),
+            )
+        groups = hub.groups
+        if groups is not None:
+            yield CounterMetricFamily(
+                "agentcast_group_deliveries",
+                "Consumer-group deliveries, redeliveries included.",
+                value=stats.group_deliveries,
+            )
+            yield CounterMetricFamily(
+                "agentcast_group_dead_letters",
+                "Events dead-lettered by consumer groups.",
+                value=stats.group_dead_letters,
+            )
+            runners = list(groups.runners.values())
+            yield GaugeMetricFamily(
+                "agentcast_group_pending",
+                "Events waiting in groups.",
+                value=sum(r.group.pending for r in runners),
+            )
+            yield GaugeMetricFamily(
+                "agentcast_group_in_flight",
+                "Unacked group deliveries.",
+                value=sum(len(r.group.inflight) for r in runners),
+            )
 
 
 def make_registry(hub: Hub) -> CollectorRegistry:

@@ -34,8 +34,13 @@ SAVE_DELAY = 0.05
 def group_event_message(group: str, attempt: int, envelope_json: bytes) -> bytes:
     """The JSON of a group delivery."""
     return (
-        b'{"type":"event","group":' + orjson.dumps(group) + b',"attempt":'
-        + str(attempt).encode() + b',"event":' + envelope_json + b"}"
+        b'{"type":"event","group":'
+        + orjson.dumps(group)
+        + b',"attempt":'
+        + str(attempt).encode()
+        + b',"event":'
+        + envelope_json
+        + b"}"
     )
 
 
@@ -50,8 +55,6 @@ class GroupRunner:
         self.appends = 0
         self._pumping = False
         self._save_handle: asyncio.TimerHandle | None = None
-        self.dead_lettered = 0
-        self.delivered = 0
 
     def poke(self) -> None:
         """Make progress soon (assign, read, send); coalesces concurrent pokes."""
@@ -94,7 +97,7 @@ class GroupRunner:
             self.group.name, delivery.attempts, delivery.event.envelope_json()
         )
         conn.send_control(ws_text_frame(message))
-        self.delivered += 1
+        self.hub.stats.group_deliveries += 1
 
     def _dead_letter(self, letter: DeadLetter) -> None:
         group = self.group
@@ -110,8 +113,14 @@ class GroupRunner:
             "reason": letter.reason,
             "event": orjson.loads(event.envelope_json()),
         }
-        cmd = Publish(None, topic, payload, {"reason": letter.reason[:1024]},
-                      causation_id=event.id, correlation_id=event.correlation_id)
+        cmd = Publish(
+            None,
+            topic,
+            payload,
+            {"reason": letter.reason[:1024]},
+            causation_id=event.id,
+            correlation_id=event.correlation_id,
+        )
         source = f"ac://node/{self.hub.node_id}/group/{group.name}"
         try:
             published = self.hub.publish_any(cmd, source)
@@ -126,12 +135,13 @@ class GroupRunner:
 
     def _dead_lettered(self, seq: int, done: asyncio.Future[Any]) -> None:
         if not done.cancelled() and done.exception() is not None:
-            log.error("dead-letter publish for %s#%d failed: %s", self.group.topic, seq,
-                      done.exception())
+            log.error(
+                "dead-letter publish for %s#%d failed: %s", self.group.topic, seq, done.exception()
+            )
         self._done(seq)
 
     def _done(self, seq: int) -> None:
-        self.dead_lettered += 1
+        self.hub.stats.group_dead_letters += 1
         self.group.mark_done(seq)
         self.schedule_save()
         self.poke()
@@ -171,12 +181,13 @@ class GroupManager:
         self._loading: dict[tuple[str, str], asyncio.Future[GroupRunner]] = {}
         self._retired: dict[tuple[str, str], GroupRunner] = {}
 
-    async def join(self, conn: Connection, topic: str, name: str,
-                   settings: GroupSettings) -> GroupRunner:
+    async def join(
+        self, conn: Connection, topic: str, name: str, settings: GroupSettings
+    ) -> GroupRunner:
         """Add ``conn`` to the group (created from stored progress on first join)."""
         key = (topic, name)
-        runner = self.runners.get(key) or self._retired.pop(key, None) or await self._load(
-            key, settings
+        runner = (
+            self.runners.get(key) or self._retired.pop(key, None) or await self._load(key, settings)
         )
         self.runners.setdefault(key, runner)
         self._by_topic.setdefault(topic, {}).setdefault(name, runner)
@@ -249,8 +260,9 @@ class GroupManager:
         runner.schedule_save()
         runner.poke()
 
-    def nack(self, conn: Connection, key: tuple[str, str], seq: int, delay: float,
-             reason: str) -> None:
+    def nack(
+        self, conn: Connection, key: tuple[str, str], seq: int, delay: float, reason: str
+    ) -> None:
         runner, member = self._member(conn, key)
         if not runner.group.nack(member, seq, delay, reason, self.hub.clock()):
             raise NotInFlight(f"seq {seq} is not in flight to this connection")

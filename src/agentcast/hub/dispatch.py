@@ -139,21 +139,35 @@ async def _join_group(conn: Connection, cmd: Subscribe, settings: GroupSettings)
     groups = conn.hub.groups
     assert groups is not None and cmd.group is not None
     if (cmd.topic, cmd.group) in conn.groups:
-        conn.send_control(ws_text_frame(ok_reply(cmd.id, {"topic": cmd.topic,
-                                                          "group": cmd.group})))
+        conn.send_control(ws_text_frame(ok_reply(cmd.id, {"topic": cmd.topic, "group": cmd.group})))
         return
     try:
         runner = await groups.join(conn, cmd.topic, cmd.group, settings)
     except Exception as exc:
-        _send_error(conn, cmd.id, exc if isinstance(exc, AgentcastError)
-                    else Unavailable(f"loading group progress failed: {exc}"))
+        _send_error(
+            conn,
+            cmd.id,
+            exc
+            if isinstance(exc, AgentcastError)
+            else Unavailable(f"loading group progress failed: {exc}"),
+        )
         return
     group = runner.group
-    conn.send_control(ws_text_frame(ok_reply(cmd.id, {
-        "topic": cmd.topic, "group": cmd.group, "floor": group.floor,
-        "ack_timeout": group.settings.ack_timeout, "max_deliver": group.settings.max_deliver,
-        "max_in_flight": group.settings.max_in_flight,
-    })))
+    conn.send_control(
+        ws_text_frame(
+            ok_reply(
+                cmd.id,
+                {
+                    "topic": cmd.topic,
+                    "group": cmd.group,
+                    "floor": group.floor,
+                    "ack_timeout": group.settings.ack_timeout,
+                    "max_deliver": group.settings.max_deliver,
+                    "max_in_flight": group.settings.max_in_flight,
+                },
+            )
+        )
+    )
 
 
 def _reply_published(

@@ -69,7 +69,11 @@ class ConsumerGroup:
     """State of one group on one topic. Not thread-safe; times are caller-supplied."""
 
     def __init__(
-        self, topic: str, name: str, settings: GroupSettings, floor: int = 0,
+        self,
+        topic: str,
+        name: str,
+        settings: GroupSettings,
+        floor: int = 0,
         done: frozenset[int] = frozenset(),
     ) -> None:
         self.topic = topic
@@ -159,7 +163,9 @@ class ConsumerGroup:
         while self._fresh and self._has_capacity():
             delivery = self._fresh.popleft()
             busy = delivery.key is not None and self._busy_keys.get(delivery.key) not in (
-                None, delivery.event.seq)
+                None,
+                delivery.event.seq,
+            )
             if busy:
                 skipped.append(delivery)
                 continue

@@ -78,6 +78,8 @@ class HubStats:
     bytes_written: int = 0
     slow_disconnects: int = 0
     errors: int = 0
+    group_deliveries: int = 0
+    group_dead_letters: int = 0
     drops: dict[str, int] = field(default_factory=dict)
     queue_length: Histogram = field(default_factory=lambda: Histogram(QUEUE_BUCKETS))
     write_latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))

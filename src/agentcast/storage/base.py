@@ -11,9 +11,10 @@ store restarts, an operator resets a topic); ``seq`` then starts again at 1. Tri
 events by retention does not change the epoch: positions stay meaningful, and a reader
 asking for events older than :meth:`HistoryStore.first_seq` learns they are gone.
 
-Idempotency: a draft with an ``idempotency_key`` that the store already holds (appended
-within ``dedupe_window`` seconds) is not appended again; the original event is returned
-with ``duplicate=True``. Keys are opaque to the store (the hub scopes them by tenant).
+Idempotency: a draft with an ``idempotency_key`` that the store already holds *for the same
+topic* (appended within ``dedupe_window`` seconds) is not appended again; the original event
+is returned with ``duplicate=True`` (if the original was trimmed meanwhile, its epoch and
+seq with the duplicate draft's content). Keys are opaque to the store.
 """
 
 from __future__ import annotations
@@ -126,7 +127,9 @@ class HistoryStore(Protocol):
         """Release connections; pending appends finish first."""
 
     async def append(self, drafts: Sequence[EventDraft]) -> list[AppendResult]:
-        """Store ``drafts`` in one atomic commit and return one result per draft, in order."""
+        """Store ``drafts`` in one atomic commit and return one result per draft, in order.
+
+        Raises ``ValueError`` (storing nothing) if a draft's ``time`` is not RFC 3339."""
 
     async def read(self, topic: str, after_seq: int, limit: int) -> list[StoredEvent]:
         """Up to ``limit`` events of ``topic`` with ``seq > after_seq``, ascending."""
@@ -142,11 +145,13 @@ class HistoryStore(Protocol):
 
     async def trim(self, topic: str, keep_last: int, older_than: str | None) -> int:
         """Delete events beyond the newest ``keep_last`` and, if ``older_than`` (RFC 3339)
-        is given, events older than it; return how many were deleted. Never changes the
-        epoch or ``last_seq``."""
+        is given, the oldest run of events older than it (so the retained seqs stay one
+        gap-free range even if event times are out of order); return how many were deleted.
+        Never changes the epoch or ``last_seq``."""
 
     async def topics(self) -> list[str]:
         """Every topic the store holds a position for."""
 
     async def reset(self, topic: str) -> str:
-        """Forget ``topic``'s history and give it a new epoch (returned)."""
+        """Forget ``topic``'s history and give it a new epoch (returned); an unknown topic is
+        created with a new epoch and ``last_seq`` 0."""

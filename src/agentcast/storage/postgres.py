@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import orjson
 
 from agentcast.storage.base import AppendResult, EventDraft, StoredEvent, TopicPosition

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from agentcast.storage.consumers import GroupProgress
 
@@ -43,7 +43,8 @@ class PostgresConsumerStore:
     async def load(self, topic: str, group: str) -> GroupProgress | None:
         row = await self._pool.fetchrow(
             f"SELECT epoch, floor, done FROM {self._table} WHERE topic = $1 AND grp = $2",
-            topic, group,
+            topic,
+            group,
         )
         if row is None:
             return None
@@ -54,5 +55,9 @@ class PostgresConsumerStore:
             f"INSERT INTO {self._table} (topic, grp, epoch, floor, done) VALUES"
             " ($1, $2, $3, $4, $5) ON CONFLICT (topic, grp) DO UPDATE SET"
             " epoch = excluded.epoch, floor = excluded.floor, done = excluded.done",
-            topic, group, progress.epoch, progress.floor, sorted(progress.done),
+            topic,
+            group,
+            progress.epoch,
+            progress.floor,
+            sorted(progress.done),
         )

@@ -92,6 +92,11 @@ class SqliteConsumerStore:
             "INSERT INTO consumer_groups (topic, grp, epoch, floor, done) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (topic, grp) DO UPDATE SET epoch = excluded.epoch,"
             " floor = excluded.floor, done = excluded.done",
-            (topic, group, progress.epoch, progress.floor,
-             orjson.dumps(sorted(progress.done)).decode()),
+            (
+                topic,
+                group,
+                progress.epoch,
+                progress.floor,
+                orjson.dumps(sorted(progress.done)).decode(),
+            ),
         )
