@@ -7,15 +7,13 @@ from collections.abc import AsyncIterator
 import pytest
 from hypothesis import HealthCheck, settings
 
-# The machine is shared and noisy: never fail a property test for being slow.
-settings.register_profile(
-    "agentcast", deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.load_profile("agentcast")
-
 from agentcast.config import ServerConfig
 from agentcast.hub.config import HubConfig
 from agentcast.node import Node
+
+# The machine is shared and noisy: never fail a property test for being slow.
+settings.register_profile("agentcast", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("agentcast")
 
 
 @pytest.fixture
