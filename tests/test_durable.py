@@ -237,3 +237,13 @@ async def test_durable_idempotency_key_survives_a_restart(tmp_path: Path) -> Non
     assert again["result"]["duplicate"] is True
     assert (again["result"]["id"], again["result"]["seq"]) == (first["result"]["id"], 1)
     assert other["result"]["seq"] == 2 and other["result"]["epoch"] == first["result"]["epoch"]
+
+
+async def test_overloaded_durable_publish_is_refused_with_its_command_id(dnode: Node) -> None:
+    assert dnode.hub is not None and dnode.hub.durable_log is not None
+    dnode.hub.durable_log.max_pending = 0
+    pub = await RawClient.open(dnode.ws_url)
+    reply = await pub.call("publish", topic="acme.durable.o", payload=1)
+    assert reply["ok"] is False and reply["error"]["code"] == "overloaded"
+    dnode.hub.durable_log.max_pending = 10
+    assert (await pub.call("publish", topic="acme.durable.o", payload=1))["ok"]

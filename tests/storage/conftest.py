@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Protocol
 
 import asyncpg
 import pytest
@@ -19,6 +20,17 @@ from agentcast.storage.base import HistoryStore
 from agentcast.storage.memory import MemoryHistoryStore
 from agentcast.storage.postgres import PostgresHistoryStore
 from agentcast.storage.sqlite import SqliteHistoryStore
+
+class Backend(Protocol):
+    """A history backend beyond the built-in three, tested by the same suite."""
+
+    def create(self, factory: StoreFactory, dedupe_window: float) -> HistoryStore: ...
+
+    async def cleanup(self, factory: StoreFactory) -> None: ...
+
+
+# Backends on external engines register here (kind -> module implementing Backend).
+EXTRA_BACKENDS: dict[str, Backend] = {}
 
 PG_DSN = os.environ.get("AGENTCAST_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -50,6 +62,8 @@ class StoreFactory:
 
     def create(self, dedupe_window: float = 120.0) -> HistoryStore:
         """A new, unopened instance."""
+        if self.kind in EXTRA_BACKENDS:
+            return EXTRA_BACKENDS[self.kind].create(self, dedupe_window)
         if self.kind == "memory":
             return MemoryHistoryStore(dedupe_window=dedupe_window, clock=self.clock)
         if self.kind == "sqlite":
@@ -67,6 +81,8 @@ class StoreFactory:
     async def close_all(self) -> None:
         while self.opened:
             await self.opened.pop().close()
+        if self.kind in EXTRA_BACKENDS:
+            await EXTRA_BACKENDS[self.kind].cleanup(self)
         if self.kind == "postgres":
             conn = await asyncpg.connect(PG_DSN)
             try:
@@ -75,7 +91,11 @@ class StoreFactory:
                 await conn.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+ALL_BACKENDS = ["memory", "sqlite", "postgres", *EXTRA_BACKENDS]
+DURABLE_BACKENDS = ["sqlite", "postgres", *EXTRA_BACKENDS]
+
+
+@pytest.fixture(params=ALL_BACKENDS)
 async def store_factory(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[StoreFactory]:
@@ -86,7 +106,7 @@ async def store_factory(
         await factory.close_all()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=DURABLE_BACKENDS)
 async def durable_factory(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[StoreFactory]:

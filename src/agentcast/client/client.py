@@ -6,18 +6,29 @@ Contracts:
   accepted and sequenced the event (its ``(epoch, seq)`` position is assigned and it was handed
   to the subscribers connected then). Ephemeral topics keep no history, so delivery to
   subscribers is at-most-once: a subscriber that is disconnected at that moment misses it.
+  On a durable topic the ack also means the node's history store committed the event.
 * **Idempotency.** Every publish carries an idempotency key (the caller's, or a random one).
   A publish still waiting for its ack when the connection drops is sent again, with the same
   key and in the original order, once the client has reconnected; the node's dedupe window
   answers a resend it has already sequenced with the original position and
-  ``duplicate=True``. A node restart empties that window, so a publish in flight across a
-  restart can be delivered twice.
+  ``duplicate=True``. On ephemeral topics a node restart empties that window, so a publish in
+  flight across a restart can be delivered twice; durable topics keep the keys in the store.
+  An ``overloaded`` or ``unavailable`` refusal is retried with backoff and the same key until
+  ``ack_timeout`` (then the refusal is raised); other refusals are raised at once.
 * **Reconnect.** When the connection drops and the close code allows it
   (:func:`~agentcast.protocol.codes.should_reconnect`), the client reconnects with exponential
-  backoff and full jitter, sends ``hello`` again, renews every live subscription with its
-  options, then resends the unacknowledged publishes. Events published while it was away are
-  not replayed (ephemeral topics). Commands issued meanwhile wait for the reconnect, bounded by
-  ``ack_timeout``.
+  backoff and full jitter, then restores the session (see :mod:`agentcast.client.restore`):
+  the ``hello`` resumes every exact topic whose position is known from that position (the
+  node replays what was missed, then goes live), the other subscriptions are renewed with
+  their options right behind it, and then the unacknowledged publishes are resent. Events of
+  ephemeral topics published while the client was away are not replayed. Commands issued
+  meanwhile wait for the reconnect, bounded by ``ack_timeout``.
+* **At-least-once, deduplicated.** On durable topics every event committed after a
+  subscription's position reaches it, across reconnects and node restarts, unless the node
+  reports a gap (``sub.recovered is False``: the position was older than retention or the
+  history was lost, counted in ``sub.gaps``). Each subscription drops events whose id it has
+  already delivered within its dedupe window. For effectively-once processing, see
+  :mod:`agentcast.client.idempotent`.
 * **Failure.** A close code that forbids reconnecting, an exhausted reconnect budget, or a
   refused ``hello`` ends the client: waiting commands and subscriptions fail with
   :class:`~agentcast.errors.ConnectionClosed`. After :meth:`Client.close` waiting commands fail
@@ -45,21 +56,24 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import WebSocketException
 
 from agentcast.client.backoff import Backoff
+from agentcast.client.dedupe import DEFAULT_DEDUPE_WINDOW
 from agentcast.client.inflight import InflightPublishes, PendingPublish
 from agentcast.client.link import Link, LinkLost
 from agentcast.client.messages import MalformedMessage, Reply, decode_server_message
 from agentcast.client.registry import SubscriptionRegistry
+from agentcast.client.restore import RestorePlan
 from agentcast.client.results import PublishAck
 from agentcast.client.subscription import (
     DEFAULT_BUFFER_SIZE,
     Subscription,
+    as_position,
     client_closed,
     renew,
     unsubscribed,
 )
 from agentcast.errors import ClientError, ConnectionClosed
 from agentcast.protocol.codes import should_reconnect
-from agentcast.protocol.commands import PROTOCOL_VERSION, Policy
+from agentcast.protocol.commands import PROTOCOL_VERSION, Policy, Position
 from agentcast.protocol.envelope import Envelope
 
 log = logging.getLogger("agentcast.client")
@@ -69,6 +83,9 @@ DEFAULT_MAX_RECONNECT_ATTEMPTS = 100
 
 # Failures of one connection attempt that a later attempt may not hit.
 _RETRYABLE = (OSError, TimeoutError, WebSocketException, LinkLost)
+
+# Publish refusals that may pass: retried with backoff and the same idempotency key.
+RETRYABLE_PUBLISH_CODES = frozenset({"overloaded", "unavailable"})
 
 
 class Client:
@@ -82,7 +99,8 @@ class Client:
     after :meth:`close` (or a terminal failure) create a new one.
 
     Public state: :attr:`connected`, :attr:`connection_id`, :attr:`node_id`, :attr:`lamport`
-    (the Lamport clock), :attr:`reconnects` (successful reconnects so far) and
+    (the Lamport clock), :attr:`reconnects` (successful reconnects so far),
+    :attr:`publish_retries` (publishes sent again after ``overloaded``/``unavailable``) and
     :attr:`subscriptions`.
     """
 
@@ -112,6 +130,7 @@ class Client:
         self.max_message_bytes = max_message_bytes
         self.lamport = 0
         self.reconnects = 0
+        self.publish_retries = 0
         self._backoff = Backoff(backoff_initial, backoff_max)
         self._ids = itertools.count(1)
         self._generations = itertools.count(1)
@@ -238,9 +257,14 @@ class Client:
         ``ack=False`` return ``None`` once the command was written to the socket: no ack, no
         resend, at-most-once, and a refusal is only logged.
 
+        An ``overloaded`` or ``unavailable`` refusal (a durable topic whose store is busy or
+        failed) is retried with backoff and the same idempotency key while ``ack_timeout``
+        allows; a retried publish may land after publishes issued later.
+
         Raises :class:`~agentcast.errors.ClientError` with the node's code (``invalid_topic``,
-        ``wildcard_publish``, ``payload_too_large``, ...), :class:`TimeoutError` after
-        ``ack_timeout``, :class:`~agentcast.errors.ConnectionClosed` when the client ended.
+        ``wildcard_publish``, ``payload_too_large``, and ``overloaded``/``unavailable`` once
+        retrying would pass ``ack_timeout``), :class:`TimeoutError` after ``ack_timeout``,
+        :class:`~agentcast.errors.ConnectionClosed` when the client ended.
         """
         self._check_usable()
         loop = asyncio.get_running_loop()
@@ -263,15 +287,28 @@ class Client:
             return None
         pending = PendingPublish(command)
         token = self._inflight.add(pending)
+        retry = Backoff(self._backoff.initial, self._backoff.maximum)
         try:
-            # Once a link is ready, the reconnect has resent every older pending publish:
-            # sending now keeps the original order. If this one was resent too, skip it.
-            link = await self._wait_link(deadline)
-            if pending.generation != link.generation and not pending.future.done():
-                with contextlib.suppress(LinkLost):  # if lost, the next connection resends it
-                    await self._transmit(link, pending)
-            async with asyncio.timeout_at(deadline):
-                result = await pending.future
+            while True:
+                # Once a link is ready, the reconnect has resent every older pending publish:
+                # sending now keeps the original order. If this one was resent too, skip it.
+                link = await self._wait_link(deadline)
+                if pending.generation != link.generation and not pending.future.done():
+                    with contextlib.suppress(LinkLost):  # if lost, the next link resends it
+                        await self._transmit(link, pending)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        result = await pending.future
+                    break
+                except ClientError as exc:
+                    if exc.code not in RETRYABLE_PUBLISH_CODES:
+                        raise
+                    delay = retry.next_delay()
+                    if loop.time() + delay >= deadline:
+                        raise
+                    await asyncio.sleep(delay)
+                    self.publish_retries += 1
+                    pending.renew()
         finally:
             self._inflight.remove(token)
         return PublishAck.from_result(result)
@@ -283,6 +320,10 @@ class Client:
         policy: Policy | str | None = None,
         key_header: str = "key",
         buffer_size: int = DEFAULT_BUFFER_SIZE,
+        since: Position | Mapping[str, Any] | None = None,
+        last: int | None = None,
+        since_time: str | None = None,
+        dedupe_window: int = DEFAULT_DEDUPE_WINDOW,
     ) -> Subscription:
         """Subscribe to an exact topic or a wildcard pattern; return once the node confirmed.
 
@@ -292,26 +333,42 @@ class Client:
         local subscriptions may overlap or even share a pattern: each gets every matching
         event (the node holds one subscription per pattern, with the latest options).
 
+        History (durable exact topics only; at most one of them): ``since`` (a
+        :class:`~agentcast.protocol.commands.Position` or ``{"epoch", "seq"}``, the last
+        position already seen) replays everything after it, ``last`` the last N retained
+        events, ``since_time`` (RFC 3339) the events from that time on; live events follow
+        with no gap and no duplicate. The node's answer is in :attr:`Subscription.recovered`
+        and :attr:`Subscription.position`. ``dedupe_window`` is how many recent event ids the
+        subscription remembers to drop duplicates (0: none).
+
         Raises :class:`~agentcast.errors.ClientError` (``invalid_topic``,
-        ``too_many_subscriptions``, ...), :class:`TimeoutError`, or
-        :class:`~agentcast.errors.ConnectionClosed`.
+        ``too_many_subscriptions``, ``not_durable``, ``unsupported`` (history on a pattern),
+        ``position_lost``, ...), :class:`TimeoutError`,
+        :class:`~agentcast.errors.ConnectionClosed`, or ``ValueError`` for a malformed
+        ``since`` or several history options.
         """
         self._check_usable()
         deadline = asyncio.get_running_loop().time() + self.ack_timeout
+        position = None if since is None else as_position(since)
         sub = Subscription(
             self,
             pattern,
             policy=None if policy is None else str(policy),
             key_header=key_header,
             buffer_size=buffer_size,
+            since=position,
+            last=last,
+            since_time=since_time,
+            dedupe_window=dedupe_window,
         )
         self._subscriptions.add(sub)
         try:
-            await self._call(sub.command(), deadline)
+            result = await self._call(sub.command(), deadline)
         except BaseException:
             self._subscriptions.discard(sub)
             sub.end(reason=unsubscribed(pattern))
             raise
+        sub.apply_history_reply(result, since=position)
         sub.confirmed = True
         return sub
 
@@ -440,22 +497,7 @@ class Client:
             link.read(self._on_message), name="agentcast-client-reader"
         )
         try:
-            hello = await link.request(
-                {
-                    "cmd": "hello",
-                    "client": self.name,
-                    "token": self.token,
-                    "protocol": PROTOCOL_VERSION,
-                },
-                self._deadline(),
-            )
-            if isinstance(hello, dict):
-                self._last_connection_id = link.connection_id = hello.get("connection")
-                self._last_node_id = link.node_id = hello.get("node")
-                interval = hello.get("heartbeat_interval")
-                if isinstance(interval, int | float) and interval > 0:
-                    link.heartbeat_interval = float(interval)
-            await self._renew_subscriptions(link)
+            await self._restore_session(link)
             await self._resend_inflight(link)
             if not link.alive:
                 raise LinkLost("the connection closed while the session was restored")
@@ -467,20 +509,42 @@ class Client:
                 self._link = None
             raise
 
-    async def _renew_subscriptions(self, link: Link) -> None:
-        """Subscribe again, once per pattern with its latest options; end refused ones."""
-        renewals = self._subscriptions.renewals()
-        if not renewals:
-            return
+    async def _restore_session(self, link: Link) -> None:
+        """Say ``hello`` (resuming durable topics from their positions) and renew the other
+        subscriptions right behind it, in one round trip; end refused subscriptions."""
         deadline = self._deadline()
-        outcomes = await asyncio.gather(
-            *(link.request(sub.command(), deadline) for sub in renewals), return_exceptions=True
+        plan = RestorePlan.build(self._subscriptions.groups())
+        hello_command: dict[str, Any] = {
+            "cmd": "hello",
+            "client": self.name,
+            "token": self.token,
+            "protocol": PROTOCOL_VERSION,
+        }
+        resume = plan.resume_field()
+        if resume:
+            hello_command["resume"] = resume
+        # Tasks start in order and each writes its frame before it first waits, so the
+        # node reads the hello first.
+        hello, *outcomes = await asyncio.gather(
+            link.request(hello_command, deadline),
+            *(link.request(command, deadline) for command in plan.commands()),
+            return_exceptions=True,
         )
-        for sub, outcome in zip(renewals, outcomes, strict=True):
-            if isinstance(outcome, ClientError):
-                self._subscriptions.refuse(sub.pattern, outcome)
-            elif isinstance(outcome, BaseException):
-                raise outcome
+        if isinstance(hello, BaseException):
+            raise hello
+        resumed: Any = None
+        if isinstance(hello, dict):
+            self._last_connection_id = link.connection_id = hello.get("connection")
+            self._last_node_id = link.node_id = hello.get("node")
+            interval = hello.get("heartbeat_interval")
+            if isinstance(interval, int | float) and interval > 0:
+                link.heartbeat_interval = float(interval)
+            resumed = hello.get("resume")
+
+        async def request(command: dict[str, Any]) -> Any:
+            return await link.request(command, deadline)
+
+        await plan.finish(resumed, outcomes, request, self._subscriptions)
 
     async def _resend_inflight(self, link: Link) -> None:
         """Send every unacked publish not yet sent on ``link``, oldest first.

@@ -23,6 +23,12 @@ class PendingPublish:
     )
     generation: int = -1  # the connection it was last sent on
 
+    def renew(self) -> None:
+        """Prepare a retry after a refusal: a fresh future, to be sent on the current link
+        (or resent by the next one)."""
+        self.future = asyncio.get_running_loop().create_future()
+        self.generation = -1
+
 
 class InflightPublishes:
     """Unacked publishes by issue order (insertion order of the table)."""

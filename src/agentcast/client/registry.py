@@ -49,14 +49,15 @@ class SubscriptionRegistry:
             if matches(sub.pattern, topic):
                 sub.deliver(event)
 
-    def renewals(self) -> list[Subscription]:
-        """One confirmed subscription per pattern (the latest one), in first-subscribe order;
-        its :meth:`~Subscription.command` renews the pattern on a new connection."""
-        latest: dict[str, Subscription] = {}
+    def groups(self) -> list[list[Subscription]]:
+        """The confirmed subscriptions grouped by pattern, patterns in first-subscribe order
+        and each group in subscribe order (its last member holds the newest options). The
+        node holds one subscription per pattern, so each group is renewed as one."""
+        groups: dict[str, list[Subscription]] = {}
         for sub in self._subscriptions:
             if sub.confirmed:
-                latest[sub.pattern] = sub  # keeps the first position, takes the newest options
-        return list(latest.values())
+                groups.setdefault(sub.pattern, []).append(sub)
+        return list(groups.values())
 
     def refuse(self, pattern: str, error: EndError) -> None:
         """The node refused to renew ``pattern``: end its subscriptions with ``error``."""

@@ -52,13 +52,16 @@ def handle_frame(conn: Connection, data: bytes | str) -> None:
     """
     try:
         cmd = decode_command(data)
-        result = _execute(conn, cmd)
-        if result is not _NO_REPLY and cmd.id is not None:
-            conn.send_control(ws_text_frame(ok_reply(cmd.id, result)))
     except ProtocolError as exc:
         _send_error(conn, exc.command_id, exc)
+        return
+    try:
+        result = _execute(conn, cmd)
     except Exception as exc:
-        _send_error(conn, None, exc)
+        _send_error(conn, cmd.id, exc)
+        return
+    if result is not _NO_REPLY and cmd.id is not None:
+        conn.send_control(ws_text_frame(ok_reply(cmd.id, result)))
 
 
 def _send_error(conn: Connection, command_id: CommandId, exc: BaseException) -> None:
@@ -73,52 +76,48 @@ def _execute(conn: Connection, cmd: Command) -> object:
     """Run ``cmd``; return the reply's ``result``, or ``_NO_REPLY`` when the reply is sent
     later or not at all (unacked publish)."""
     hub = conn.hub
-    try:
-        if isinstance(cmd, Publish):
-            if not conn.hello_done:
-                raise HelloRequired("send 'hello' first")
-            published = hub.publish_any(cmd, conn.source)
-            if isinstance(published, asyncio.Future):
-                published.add_done_callback(partial(_reply_published, conn, cmd.id, cmd.ack))
-                return _NO_REPLY
-            return published.to_dict() if cmd.ack else _NO_REPLY
-        if isinstance(cmd, Hello):
-            return _hello(conn, cmd)
-        if isinstance(cmd, Ping):
-            return {"time": rfc3339_now()}
+    if isinstance(cmd, Publish):
         if not conn.hello_done:
             raise HelloRequired("send 'hello' first")
-        if isinstance(cmd, Subscribe):
-            if cmd.group is not None:
-                settings = _group_settings(conn, cmd)
-                hub.spawn(_join_group(conn, cmd, settings))
-                return _NO_REPLY
-            if cmd.wants_history:
-                sub = _subscribe_recovering(conn, cmd)
-                hub.spawn(_recover_one(conn, sub, cmd))
-                return _NO_REPLY
-            hub.subscribe(conn, cmd.topic, cmd.policy, cmd.key_header)
-            return {"topic": cmd.topic}
-        if isinstance(cmd, Unsubscribe):
-            if cmd.group is not None:
-                if hub.groups is None or not hub.groups.leave(conn, (cmd.topic, cmd.group)):
-                    raise NotSubscribed(f"not a member of group {cmd.group!r} on {cmd.topic!r}")
-                return {"topic": cmd.topic, "group": cmd.group}
-            hub.unsubscribe(conn, cmd.topic)
-            return {"topic": cmd.topic}
-        if isinstance(cmd, Ack | Nack):
-            if hub.groups is None:
-                raise NotInFlight("this node has no consumer groups (no durable topics)")
-            key = (cmd.topic, cmd.group)
-            if isinstance(cmd, Ack):
-                hub.groups.ack(conn, key, cmd.seq)
-            else:
-                hub.groups.nack(conn, key, cmd.seq, cmd.delay, cmd.reason)
-            return {"topic": cmd.topic, "group": cmd.group, "seq": cmd.seq}
-        raise AssertionError(f"unhandled command {cmd!r}")
-    except ProtocolError as exc:
-        exc.command_id = cmd.id
-        raise
+        published = hub.publish_any(cmd, conn.source)
+        if isinstance(published, asyncio.Future):
+            published.add_done_callback(partial(_reply_published, conn, cmd.id, cmd.ack))
+            return _NO_REPLY
+        return published.to_dict() if cmd.ack else _NO_REPLY
+    if isinstance(cmd, Hello):
+        return _hello(conn, cmd)
+    if isinstance(cmd, Ping):
+        return {"time": rfc3339_now()}
+    if not conn.hello_done:
+        raise HelloRequired("send 'hello' first")
+    if isinstance(cmd, Subscribe):
+        if cmd.group is not None:
+            settings = _group_settings(conn, cmd)
+            hub.spawn(_join_group(conn, cmd, settings))
+            return _NO_REPLY
+        if cmd.wants_history:
+            sub = _subscribe_recovering(conn, cmd)
+            hub.spawn(_recover_one(conn, sub, cmd))
+            return _NO_REPLY
+        hub.subscribe(conn, cmd.topic, cmd.policy, cmd.key_header)
+        return {"topic": cmd.topic}
+    if isinstance(cmd, Unsubscribe):
+        if cmd.group is not None:
+            if hub.groups is None or not hub.groups.leave(conn, (cmd.topic, cmd.group)):
+                raise NotSubscribed(f"not a member of group {cmd.group!r} on {cmd.topic!r}")
+            return {"topic": cmd.topic, "group": cmd.group}
+        hub.unsubscribe(conn, cmd.topic)
+        return {"topic": cmd.topic}
+    if isinstance(cmd, Ack | Nack):
+        if hub.groups is None:
+            raise NotInFlight("this node has no consumer groups (no durable topics)")
+        key = (cmd.topic, cmd.group)
+        if isinstance(cmd, Ack):
+            hub.groups.ack(conn, key, cmd.seq)
+        else:
+            hub.groups.nack(conn, key, cmd.seq, cmd.delay, cmd.reason)
+        return {"topic": cmd.topic, "group": cmd.group, "seq": cmd.seq}
+    raise AssertionError(f"unhandled command {cmd!r}")
 
 
 def _group_settings(conn: Connection, cmd: Subscribe) -> GroupSettings:
