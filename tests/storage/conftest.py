@@ -21,6 +21,7 @@ from agentcast.storage.memory import MemoryHistoryStore
 from agentcast.storage.postgres import PostgresHistoryStore
 from agentcast.storage.sqlite import SqliteHistoryStore
 
+
 class Backend(Protocol):
     """A history backend beyond the built-in three, tested by the same suite."""
 
