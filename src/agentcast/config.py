@@ -18,6 +18,7 @@ from agentcast.errors import AgentcastError
 from agentcast.hub.config import HubConfig
 from agentcast.hub.durability import DurableRule, GapPolicy
 from agentcast.protocol.commands import Policy
+from agentcast.security.config import SECURITY_KEYS, SecurityConfig, parse_security_config
 
 ENV_PREFIX = "AGENTCAST_"
 
@@ -40,6 +41,7 @@ class ServerConfig:
     history: str = "sqlite:///agentcast-data/history.db"
     retention_interval: float = 30.0
     durable: tuple[DurableRule, ...] = ()
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     hub: HubConfig = field(default_factory=HubConfig)
 
 
@@ -95,14 +97,21 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
 
 
 def _apply(config: ServerConfig, values: Mapping[str, Any], origin: str) -> ServerConfig:
-    top = {f.name: f for f in fields(ServerConfig) if f.name not in ("hub", "durable")}
+    top = {f.name: f for f in fields(ServerConfig) if f.name not in ("hub", "durable", "security")}
     hub_fields = {f.name: f for f in fields(HubConfig)}
     top_changes: dict[str, Any] = {}
     hub_changes: dict[str, Any] = {}
+    security_changes: dict[str, Any] = {}
     for key, value in values.items():
         if value is None:
             continue
-        if key == "durable":
+        if key == "security":
+            if not isinstance(value, dict):
+                raise ConfigError(f"'security' must be a table in {origin}")
+            security_changes.update(value)
+        elif key.startswith("security_") and key[len("security_") :] in SECURITY_KEYS:
+            security_changes[key[len("security_") :]] = value
+        elif key == "durable":
             top_changes[key] = parse_durable(value)
         elif key in top:
             top_changes[key] = _coerce(key, value, getattr(config, key))
@@ -111,6 +120,8 @@ def _apply(config: ServerConfig, values: Mapping[str, Any], origin: str) -> Serv
         else:
             raise ConfigError(f"unknown config key {key!r} in {origin}")
     hub = replace(config.hub, **hub_changes) if hub_changes else config.hub
+    if security_changes:
+        top_changes["security"] = parse_security_config(security_changes, config.security)
     return replace(config, hub=hub, **top_changes)
 
 
@@ -118,7 +129,7 @@ def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
     """Accept both flat keys and a ``[limits]``/``[server]`` table layout."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict) and key != "durable":
+        if isinstance(value, dict) and key not in ("durable", "security"):
             flat.update(_flatten(value))
         else:
             flat[key] = value

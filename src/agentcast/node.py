@@ -25,6 +25,8 @@ from agentcast.hub.hub import Hub
 from agentcast.metrics import make_registry, render
 from agentcast.protocol.codes import CloseCode
 from agentcast.protocol.envelope import rfc3339_at
+from agentcast.security.guard import Security
+from agentcast.security.metrics import SecurityCollector
 from agentcast.storage.base import HistoryStore
 from agentcast.storage.consumers import ConsumerStore
 from agentcast.transport.http import make_http_app
@@ -50,33 +52,52 @@ class Node:
         self._sweeper: asyncio.Task[None] | None = None
         self._sockets: set[WebSocketConnection] = set()
         self._background: list[asyncio.Task[None]] = []
+        self._tls = False
         self.history: HistoryStore | None = None
         self.consumers: ConsumerStore | None = None
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self.config.host}:{self.ws_port}{WS_PATH}"
+        scheme = "wss" if self._tls else "ws"
+        return f"{scheme}://{self.config.host}:{self.ws_port}{WS_PATH}"
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.config.host}:{self.http_port}"
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://{self.config.host}:{self.http_port}"
 
     async def start(self) -> None:
         """Bind both listeners; ready once both accept connections."""
         loop = asyncio.get_running_loop()
         config = self.config
-        hub = self.hub = Hub(config.hub, loop.call_soon, node_id=self.node_id)
+        security = Security(config.security)
+        ssl_context = security.ssl_context()
+        self._tls = ssl_context is not None
+        if not security.enabled:
+            log.warning(
+                "authentication is OFF: any client may publish and subscribe to any topic "
+                "of any tenant; set [security] auth for anything but local development"
+            )
+        hub = self.hub = Hub(config.hub, loop.call_soon, node_id=self.node_id, security=security)
         if config.durable:
             await self._open_history(hub)
         registry = make_registry(hub)
+        registry.register(SecurityCollector(security))
         self._ws_server = await start_websocket_server(
-            hub, config.host, config.port, self._sockets, max_frame_bytes=config.max_frame_bytes
+            hub,
+            config.host,
+            config.port,
+            self._sockets,
+            max_frame_bytes=config.max_frame_bytes,
+            ssl=ssl_context,
         )
         self.ws_port = self._ws_server.sockets[0].getsockname()[1]
         app = make_http_app(hub, ready=lambda: self.ready, metrics=lambda: render(registry))
         self._http_runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._http_runner.setup()
-        site = web.TCPSite(self._http_runner, config.host, config.http_port)
+        site = web.TCPSite(
+            self._http_runner, config.host, config.http_port, ssl_context=ssl_context
+        )
         await site.start()
         server = site._server
         assert server is not None

@@ -11,6 +11,7 @@ from agentcast.protocol.commands import Policy
 if TYPE_CHECKING:
     from agentcast.hub.groups import Member
     from agentcast.hub.hub import Hub
+    from agentcast.security.guard import ConnectionAuth
 
 
 class Sink(Protocol):
@@ -50,6 +51,7 @@ class Connection:
     """Per-connection state. The hub owns every mutation; the transport only reports."""
 
     __slots__ = (
+        "auth",
         "client",
         "closed",
         "dirty",
@@ -67,8 +69,17 @@ class Connection:
         "subscriptions",
     )
 
-    def __init__(self, hub: Hub, conn_id: str, sink: Sink, queue: OutboundQueue, now: float):
+    def __init__(
+        self,
+        hub: Hub,
+        conn_id: str,
+        sink: Sink,
+        queue: OutboundQueue,
+        now: float,
+        auth: ConnectionAuth,
+    ) -> None:
         self.hub = hub
+        self.auth = auth
         self.id = conn_id
         self.sink = sink
         self.queue = queue

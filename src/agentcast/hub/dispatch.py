@@ -21,6 +21,7 @@ from agentcast.hub.connection import Connection, Subscription
 from agentcast.hub.groups import GroupSettings
 from agentcast.hub.hub import PublishResult
 from agentcast.hub.recovery import RecoveryPlan, plan_recovery, run_replay
+from agentcast.protocol.codes import CloseCode
 from agentcast.protocol.commands import (
     PROTOCOL_VERSION,
     Ack,
@@ -30,6 +31,7 @@ from agentcast.protocol.commands import (
     Nack,
     Ping,
     Publish,
+    Refresh,
     Subscribe,
     Unsubscribe,
     decode_command,
@@ -37,6 +39,8 @@ from agentcast.protocol.commands import (
 from agentcast.protocol.envelope import rfc3339_now
 from agentcast.protocol.frames import error_reply, ok_reply, ws_text_frame
 from agentcast.protocol.topics import is_pattern
+from agentcast.security.capabilities import Operation
+from agentcast.security.errors import TooManyConnections, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,7 @@ def _execute(conn: Connection, cmd: Command) -> object:
     if isinstance(cmd, Publish):
         if not conn.hello_done:
             raise HelloRequired("send 'hello' first")
+        conn.auth.check_publish(cmd.topic)
         published = hub.publish_any(cmd, conn.source)
         if isinstance(published, asyncio.Future):
             published.add_done_callback(partial(_reply_published, conn, cmd.id, cmd.ack))
@@ -90,8 +95,13 @@ def _execute(conn: Connection, cmd: Command) -> object:
         return {"time": rfc3339_now()}
     if not conn.hello_done:
         raise HelloRequired("send 'hello' first")
+    if isinstance(cmd, Refresh):
+        return _refresh(conn, cmd)
     if isinstance(cmd, Subscribe):
+        conn.auth.check_subscribe(cmd.topic, history=cmd.wants_history or cmd.group is not None)
         if cmd.group is not None:
+            if cmd.dead_letter_topic is not None:
+                conn.auth.check(Operation.PUBLISH, cmd.dead_letter_topic)
             settings = _group_settings(conn, cmd)
             hub.spawn(_join_group(conn, cmd, settings))
             return _NO_REPLY
@@ -180,10 +190,30 @@ def _reply_published(
         conn.send_control(ws_text_frame(ok_reply(command_id, done.result().to_dict())))
 
 
+def _refresh(conn: Connection, cmd: Refresh) -> object:
+    """Swap the connection's credential; subscriptions the new one no longer allows end."""
+    principal = conn.auth.refresh(cmd.token)
+    revoked = []
+    for pattern in list(conn.subscriptions):
+        try:
+            conn.auth.check_subscribe(pattern)
+        except AgentcastError:
+            conn.hub.unsubscribe(conn, pattern)
+            revoked.append(pattern)
+    return {"expires_at": principal.expires_at, "revoked": revoked}
+
+
 def _hello(conn: Connection, cmd: Hello) -> object:
     hub = conn.hub
     if conn.hello_done:
         raise AlreadyHello("'hello' was already accepted on this connection")
+    try:
+        principal = conn.auth.hello(cmd.token)
+    except (Unauthorized, TooManyConnections) as exc:
+        _send_error(conn, cmd.id, exc)
+        assert exc.close_code is not None
+        hub.close(conn, CloseCode(exc.close_code), exc.code, flush=True)
+        return _NO_REPLY
     conn.hello_done = True
     conn.client = cmd.client
     result: dict[str, Any] = {
@@ -197,13 +227,20 @@ def _hello(conn: Connection, cmd: Hello) -> object:
             "max_queue_messages": hub.config.max_queue_messages,
         },
         "resume": {},
+        "principal": {
+            "subject": principal.subject,
+            "tenant": principal.tenant,
+            "expires_at": principal.expires_at,
+        },
     }
+    result["limits"].update(conn.auth.limits())
     if not cmd.resume:
         return result
     subs: list[tuple[Subscription, Subscribe]] = []
     for topic, position in cmd.resume.items():
         request = Subscribe(cmd.id, topic, since=position)
         try:
+            conn.auth.check_subscribe(topic, history=True)
             subs.append((_subscribe_recovering(conn, request), request))
         except AgentcastError as exc:
             result["resume"][topic] = {"error": exc.to_dict()}

@@ -44,6 +44,7 @@ from agentcast.protocol.commands import Policy, Publish
 from agentcast.protocol.envelope import new_event_id, rfc3339_now
 from agentcast.protocol.frames import event_message, ws_text_frame
 from agentcast.protocol.topics import tenant_of
+from agentcast.security.guard import ConnectionAuth, Security
 from agentcast.storage.base import AppendResult, EventDraft, HistoryStore, StoredEvent
 from agentcast.storage.consumers import ConsumerStore
 
@@ -82,8 +83,10 @@ class Hub:
         *,
         node_id: str = "node",
         clock: Callable[[], float] = time.monotonic,
+        security: Security | None = None,
     ) -> None:
         self.config = config
+        self.security = security or Security()
         self.node_id = node_id
         self.clock = clock
         self.stats = HubStats()
@@ -136,11 +139,14 @@ class Hub:
 
     # -- connections -------------------------------------------------------------------
 
-    def connect(self, sink: Sink) -> Connection:
-        """Register a new connection writing to ``sink``."""
+    def connect(self, sink: Sink, auth: ConnectionAuth | None = None) -> Connection:
+        """Register a new connection writing to ``sink``; ``auth`` comes from the transport's
+        upgrade checks (in-process callers may leave it out)."""
         conn_id = f"{self.node_id}-{next(self._ids)}"
         queue = OutboundQueue(self.config.max_queue_messages, self.config.max_queue_bytes)
-        conn = Connection(self, conn_id, sink, queue, self.clock())
+        conn = Connection(
+            self, conn_id, sink, queue, self.clock(), auth or self.security.connection()
+        )
         self.connections[conn_id] = conn
         self.stats.connections_opened += 1
         return conn
@@ -151,6 +157,7 @@ class Hub:
             return
         conn.closed = True
         conn.queue.clear()
+        conn.auth.release()
         for sub in conn.subscriptions.values():
             self.index.remove(sub)
         conn.subscriptions.clear()
@@ -196,9 +203,12 @@ class Hub:
         heartbeat = self.config.heartbeat_interval
         if self.groups is not None:
             self.groups.sweep(now)
+        wall = self.security.wall_clock() if self.security.enabled else 0.0
         for conn in list(self.connections.values()):
             if now - conn.last_recv > idle_timeout:
                 self.close(conn, CloseCode.IDLE_TIMEOUT, "idle timeout", flush=False)
+            elif wall and conn.auth.expired(wall):
+                self.close(conn, CloseCode.TOKEN_EXPIRED, "token expired", flush=True)
             elif now - max(conn.last_recv, conn.last_ping) >= heartbeat:
                 # A client that only listens proves liveness with its pong.
                 conn.last_ping = now

@@ -34,6 +34,7 @@ MAX_HEADERS = 32
 MAX_HEADER_NAME = 64
 MAX_HEADER_VALUE = 1024
 PROTOCOL_VERSION = 1
+MAX_TOKEN_LENGTH = 16384
 
 
 class Policy(StrEnum):
@@ -131,7 +132,15 @@ class Ping:
     id: CommandId
 
 
-Command = Hello | Subscribe | Unsubscribe | Publish | Ping | Ack | Nack
+@dataclass(slots=True, frozen=True)
+class Refresh:
+    """A fresh connection token for the same subject and tenant, before the old expires."""
+
+    id: CommandId
+    token: str
+
+
+Command = Hello | Subscribe | Unsubscribe | Publish | Ping | Ack | Nack | Refresh
 
 
 def _command_id(obj: dict[str, Any]) -> CommandId:
@@ -209,7 +218,7 @@ def _hello(cid: CommandId, obj: dict[str, Any]) -> Hello:
         validate_topic(topic): parse_position(position, f"resume.{topic}")
         for topic, position in raw_resume.items()
     }
-    return Hello(cid, _opt_str(obj, "client"), _opt_str(obj, "token", 16384), resume)
+    return Hello(cid, _opt_str(obj, "client"), _opt_str(obj, "token", MAX_TOKEN_LENGTH), resume)
 
 
 def _subscribe(cid: CommandId, obj: dict[str, Any]) -> Subscribe:
@@ -295,6 +304,13 @@ def _seq(obj: dict[str, Any]) -> int:
     return seq
 
 
+def _refresh(cid: CommandId, obj: dict[str, Any]) -> Refresh:
+    token = _required(obj, "token")
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+        raise ProtocolError(f"'token' must be a string of 1-{MAX_TOKEN_LENGTH} characters")
+    return Refresh(cid, token)
+
+
 def _ack(cid: CommandId, obj: dict[str, Any]) -> Ack:
     topic = validate_topic(_required(obj, "topic"))
     return Ack(cid, topic, _group_name(_required(obj, "group")), _seq(obj))
@@ -346,6 +362,7 @@ _PARSERS: dict[str, Callable[[CommandId, dict[str, Any]], Command]] = {
     "ping": _ping,
     "ack": _ack,
     "nack": _nack,
+    "refresh": _refresh,
 }
 
 

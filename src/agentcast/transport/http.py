@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -20,16 +21,31 @@ from agentcast.errors import (
 )
 from agentcast.hub.hub import Hub
 from agentcast.protocol.commands import parse_publish_fields
+from agentcast.security.capabilities import Operation
+from agentcast.security.errors import SecurityError
 
 MAX_BODY_MARGIN = 64 * 1024
 
 
-def _error(status: int, error: AgentcastError) -> web.Response:
+def _error(
+    status: int, error: AgentcastError, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         status=status,
         body=orjson.dumps({"error": error.to_dict()}),
         content_type="application/json",
+        headers=headers,
     )
+
+
+def _security_error(exc: SecurityError) -> web.Response:
+    headers: dict[str, str] = {}
+    if exc.http_status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    retry_after = getattr(exc, "retry_after", None)
+    if exc.http_status == 429 and retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return _error(exc.http_status, exc, headers)
 
 
 def make_http_app(
@@ -50,10 +66,15 @@ def make_http_app(
             if not isinstance(fields, dict):
                 raise BadJson("body must be a JSON object")
             fields.pop("ack", None)
+            principal = hub.security.authenticate_http(request.headers.get("Authorization"))
             cmd = parse_publish_fields(None, fields)
+            hub.security.check_http(principal, Operation.PUBLISH, cmd.topic)
             name = request.headers.get("X-Agentcast-Client", "http")[:128]
             published = hub.publish_any(cmd, f"ac://http/{name}")
             result = await published if isinstance(published, asyncio.Future) else published
+        except SecurityError as exc:
+            hub.stats.errors += 1
+            return _security_error(exc)
         except PayloadTooLarge as exc:
             return _error(413, exc)
         except ProtocolError as exc:

@@ -6,12 +6,15 @@ import asyncio
 import logging
 from typing import Any
 
+import orjson
 from picows import (
     WSFrame,
     WSListener,
     WSMsgType,
     WSTransport,
     WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
     ws_create_server,
 )
 
@@ -19,6 +22,8 @@ from agentcast.hub.connection import Connection
 from agentcast.hub.dispatch import handle_frame
 from agentcast.hub.hub import Hub
 from agentcast.protocol.codes import CloseCode
+from agentcast.security.errors import SecurityError
+from agentcast.security.guard import ConnectionAuth, Security
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +36,14 @@ READ_BUFFER_INIT = 2048
 class WebSocketConnection(WSListener):
     """One socket: the hub's :class:`~agentcast.hub.connection.Sink` for its connection."""
 
-    __slots__ = ("conn", "hub", "live", "transport", "underlying")
+    __slots__ = ("auth", "conn", "hub", "live", "transport", "underlying")
 
-    def __init__(self, hub: Hub, live: set[WebSocketConnection]) -> None:
+    def __init__(
+        self, hub: Hub, live: set[WebSocketConnection], auth: ConnectionAuth | None = None
+    ) -> None:
         self.hub = hub
         self.live = live
+        self.auth = auth
         self.conn: Connection | None = None
         self.transport: WSTransport | None = None
         self.underlying: asyncio.Transport | None = None
@@ -46,7 +54,7 @@ class WebSocketConnection(WSListener):
         self.transport = transport
         self.underlying = transport.underlying_transport
         self.underlying.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
-        self.conn = self.hub.connect(self)
+        self.conn = self.hub.connect(self, self.auth)
         self.live.add(self)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -116,13 +124,27 @@ async def start_websocket_server(
     """Bind the WebSocket listener on ``host:port`` (``port`` 0 picks a free one).
 
     ``live`` holds every socket from handshake to disconnect, so shutdown can wait for them.
+    The upgrade is refused with an HTTP error and a JSON body (``{"error": {"code",
+    "message"}}``) when the node's security refuses it (Origin, connection rate, a bad
+    ``token`` in the URL); the URL is never logged since it may carry a token.
     """
+    security: Security = hub.security
 
-    def factory(request: WSUpgradeRequest) -> WebSocketConnection | None:
-        path = request.path.decode() if isinstance(request.path, bytes) else str(request.path)
-        if path.split("?", 1)[0] != WS_PATH:
+    def factory(
+        request: WSUpgradeRequest,
+    ) -> WebSocketConnection | WSUpgradeResponseWithListener | None:
+        target = request.path.decode() if isinstance(request.path, bytes) else str(request.path)
+        if target.split("?", 1)[0] != WS_PATH:
             return None
-        return WebSocketConnection(hub, live)
+        try:
+            auth = security.admit_upgrade(request.headers.get("Origin"), target)
+        except SecurityError as exc:
+            headers = {"Retry-After": "1"} if exc.http_status == 429 else None
+            response = WSUpgradeResponse.create_error_response(
+                exc.http_status, orjson.dumps({"error": exc.to_dict()}), headers
+            )
+            return WSUpgradeResponseWithListener(response, None)
+        return WebSocketConnection(hub, live, auth)
 
     return await ws_create_server(
         factory,
