@@ -2,10 +2,12 @@
 
 from agentcast.client.backoff import Backoff
 from agentcast.client.client import Client
+from agentcast.client.groups import GroupDelivery, GroupInfo, GroupSubscription
 from agentcast.client.idempotent import IdempotentHandler, idempotent
 from agentcast.client.processed import MemoryProcessedIds, ProcessedIds, SqliteProcessedIds
 from agentcast.client.results import PublishAck
 from agentcast.client.subscription import Subscription
+from agentcast.client.worker import Worker
 from agentcast.protocol.commands import Position
 from agentcast.protocol.envelope import Envelope
 
@@ -13,6 +15,9 @@ __all__ = [
     "Backoff",
     "Client",
     "Envelope",
+    "GroupDelivery",
+    "GroupInfo",
+    "GroupSubscription",
     "IdempotentHandler",
     "MemoryProcessedIds",
     "Position",
@@ -20,5 +25,6 @@ __all__ = [
     "PublishAck",
     "SqliteProcessedIds",
     "Subscription",
+    "Worker",
     "idempotent",
 ]

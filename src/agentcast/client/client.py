@@ -33,6 +33,10 @@ Contracts:
   refused ``hello`` ends the client: waiting commands and subscriptions fail with
   :class:`~agentcast.errors.ConnectionClosed`. After :meth:`Client.close` waiting commands fail
   the same way and subscription iterators simply stop.
+* **Consumer groups.** :meth:`Client.join_group` makes the connection a member of a
+  consumer group: deliveries are at-least-once and must be acked (see
+  :mod:`agentcast.client.groups`); :meth:`Client.work` runs a handler over them (see
+  :mod:`agentcast.client.worker`). After a reconnect every group is joined again.
 * **Ordering.** Events reach each :class:`Subscription` in the order the connection received
   them, which keeps every topic in ``seq`` order.
 * **Lamport.** :attr:`Client.lamport` is the highest Lamport time seen in any event or reply;
@@ -57,9 +61,10 @@ from websockets.exceptions import WebSocketException
 
 from agentcast.client.backoff import Backoff
 from agentcast.client.dedupe import DEFAULT_DEDUPE_WINDOW
+from agentcast.client.groups import GroupRegistry, GroupSubscription, left
 from agentcast.client.inflight import InflightPublishes, PendingPublish
 from agentcast.client.link import Link, LinkLost
-from agentcast.client.messages import MalformedMessage, Reply, decode_server_message
+from agentcast.client.messages import GroupEvent, MalformedMessage, Reply, decode_server_message
 from agentcast.client.registry import SubscriptionRegistry
 from agentcast.client.restore import RestorePlan
 from agentcast.client.results import PublishAck
@@ -71,6 +76,7 @@ from agentcast.client.subscription import (
     renew,
     unsubscribed,
 )
+from agentcast.client.worker import GroupHandler, Worker
 from agentcast.errors import ClientError, ConnectionClosed
 from agentcast.protocol.codes import should_reconnect
 from agentcast.protocol.commands import PROTOCOL_VERSION, Policy, Position
@@ -100,8 +106,8 @@ class Client:
 
     Public state: :attr:`connected`, :attr:`connection_id`, :attr:`node_id`, :attr:`lamport`
     (the Lamport clock), :attr:`reconnects` (successful reconnects so far),
-    :attr:`publish_retries` (publishes sent again after ``overloaded``/``unavailable``) and
-    :attr:`subscriptions`.
+    :attr:`publish_retries` (publishes sent again after ``overloaded``/``unavailable``),
+    :attr:`subscriptions` and :attr:`groups`.
     """
 
     def __init__(
@@ -137,6 +143,7 @@ class Client:
         self._link: Link | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._subscriptions = SubscriptionRegistry()
+        self._groups = GroupRegistry()
         self._inflight = InflightPublishes()
         self._state_changed = asyncio.Event()
         self._failure: ConnectionClosed | None = None
@@ -168,6 +175,11 @@ class Client:
     def subscriptions(self) -> tuple[Subscription, ...]:
         """The live subscriptions, in subscribe order."""
         return tuple(self._subscriptions)
+
+    @property
+    def groups(self) -> tuple[GroupSubscription, ...]:
+        """The live consumer-group memberships, in join order."""
+        return tuple(self._groups)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -372,6 +384,72 @@ class Client:
         sub.confirmed = True
         return sub
 
+    async def join_group(
+        self,
+        topic: str,
+        group: str,
+        *,
+        ack_timeout: float | None = None,
+        max_deliver: int | None = None,
+        max_in_flight: int | None = None,
+        key_header: str = "key",
+        dead_letter_topic: str | None = None,
+    ) -> GroupSubscription:
+        """Join the consumer group ``group`` of the durable exact ``topic``; return once the
+        node confirmed.
+
+        The options apply when this join creates the group on the node (unset ones take the
+        node's defaults); a group that exists keeps its settings, reported in
+        :attr:`GroupSubscription.info`. ``ack_timeout`` (seconds) is how long a delivery may
+        stay unacked before the node redelivers it, ``max_deliver`` the attempts before an
+        event goes to ``dead_letter_topic`` (default ``<tenant>.dead-letter.<group>``),
+        ``max_in_flight`` the unacked deliveries per member, and events sharing a value of
+        the ``key_header`` header are never in flight together. See
+        :mod:`agentcast.client.groups` for the delivery contract.
+
+        Raises :class:`~agentcast.errors.ClientError` (``not_durable``, ``unsupported`` for a
+        pattern, ``bad_request``, ``invalid_topic``, ...), :class:`TimeoutError`,
+        :class:`~agentcast.errors.ConnectionClosed`, or ``ValueError`` if this client is
+        already a member of that group.
+        """
+        self._check_usable()
+        deadline = self._deadline()
+        membership = GroupSubscription(
+            self,
+            topic,
+            group,
+            ack_timeout=ack_timeout,
+            max_deliver=max_deliver,
+            max_in_flight=max_in_flight,
+            key_header=key_header,
+            dead_letter_topic=dead_letter_topic,
+        )
+        self._groups.add(membership)
+        try:
+            result = await self._call(membership.command(), deadline)
+        except BaseException:
+            self._groups.discard(membership)
+            membership.end(reason=left(topic, group))
+            raise
+        membership.joined(result)
+        return membership
+
+    async def work(
+        self,
+        topic: str,
+        group: str,
+        handler: GroupHandler,
+        *,
+        concurrency: int = 1,
+        **options: Any,
+    ) -> None:
+        """Run ``handler`` for every delivery of the group until cancelled or the client
+        ends: ``await Worker(self, topic, group, handler, concurrency=..., **options).run()``;
+        see :class:`~agentcast.client.worker.Worker` for the options and the contract (ack
+        on success, nack with an exponential delay on failure)."""
+        worker = Worker(self, topic, group, handler, concurrency=concurrency, **options)
+        await worker.run()
+
     async def ping(self) -> str:
         """Round-trip a ``ping``; return the node's time (RFC 3339)."""
         self._check_usable()
@@ -393,6 +471,26 @@ class Client:
             return  # the next connection does not renew it
         try:
             await link.request({"cmd": "unsubscribe", "topic": sub.pattern}, self._deadline())
+        except LinkLost:
+            return
+        except ClientError as exc:
+            if exc.code != "not_subscribed":
+                raise
+
+    async def _leave_group(self, membership: GroupSubscription) -> None:
+        """End ``membership``; tell the node the connection leaves the group."""
+        reason = left(membership.topic, membership.group)
+        if membership not in self._groups:
+            membership.end(reason=reason)
+            return
+        self._groups.discard(membership)
+        membership.end(reason=reason)
+        link = self._link
+        if link is None or not link.ready or not link.alive:
+            return  # the node dropped the membership with the connection
+        command = {"cmd": "unsubscribe", "topic": membership.topic, "group": membership.group}
+        try:
+            await link.request(command, self._deadline())
         except LinkLost:
             return
         except ClientError as exc:
@@ -461,6 +559,10 @@ class Client:
             if decoded.lamport > self.lamport:
                 self.lamport = decoded.lamport
             self._subscriptions.route(decoded)
+        elif isinstance(decoded, GroupEvent):
+            if decoded.envelope.lamport > self.lamport:
+                self.lamport = decoded.envelope.lamport
+            self._groups.route(link, decoded)
 
     def _on_reply(self, link: Link, reply: Reply) -> None:
         lamport = reply.lamport
@@ -510,10 +612,13 @@ class Client:
             raise
 
     async def _restore_session(self, link: Link) -> None:
-        """Say ``hello`` (resuming durable topics from their positions) and renew the other
-        subscriptions right behind it, in one round trip; end refused subscriptions."""
+        """Say ``hello`` (resuming durable topics from their positions), renew the other
+        subscriptions and join the consumer groups again right behind it, in one round trip;
+        end refused subscriptions and memberships."""
         deadline = self._deadline()
         plan = RestorePlan.build(self._subscriptions.groups())
+        renewals = plan.commands()
+        joins = self._groups.restore_commands()
         hello_command: dict[str, Any] = {
             "cmd": "hello",
             "client": self.name,
@@ -527,7 +632,8 @@ class Client:
         # node reads the hello first.
         hello, *outcomes = await asyncio.gather(
             link.request(hello_command, deadline),
-            *(link.request(command, deadline) for command in plan.commands()),
+            *(link.request(command, deadline) for command in renewals),
+            *(link.request(command, deadline) for _, command in joins),
             return_exceptions=True,
         )
         if isinstance(hello, BaseException):
@@ -544,7 +650,8 @@ class Client:
         async def request(command: dict[str, Any]) -> Any:
             return await link.request(command, deadline)
 
-        await plan.finish(resumed, outcomes, request, self._subscriptions)
+        await plan.finish(resumed, outcomes[: len(renewals)], request, self._subscriptions)
+        self._groups.finish_restore(joins, outcomes[len(renewals) :])
 
     async def _resend_inflight(self, link: Link) -> None:
         """Send every unacked publish not yet sent on ``link``, oldest first.
@@ -646,3 +753,4 @@ class Client:
         if link is not None:
             link.lost()
         self._subscriptions.end_all(error, graceful=graceful)
+        self._groups.end_all(error, graceful=graceful)

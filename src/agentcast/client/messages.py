@@ -29,13 +29,23 @@ class Reply:
         return None
 
 
+@dataclass(slots=True, frozen=True)
+class GroupEvent:
+    """A consumer-group delivery: ``envelope`` handed to this connection as a member of
+    ``group``, for the ``attempt``-th time (1 on the first delivery)."""
+
+    group: str
+    attempt: int
+    envelope: Envelope
+
+
 class Ignored:
     """A message the client has no use for (heartbeat, unknown type)."""
 
 
 IGNORED = Ignored()
 
-ServerMessage = Envelope | Reply | Ignored
+ServerMessage = Envelope | GroupEvent | Reply | Ignored
 
 
 class MalformedMessage(ValueError):
@@ -43,7 +53,8 @@ class MalformedMessage(ValueError):
 
 
 def decode_server_message(message: str | bytes) -> ServerMessage:
-    """Decode one server frame into an event envelope, a reply, or :data:`IGNORED`.
+    """Decode one server frame into an event envelope, a group delivery, a reply, or
+    :data:`IGNORED`.
 
     Raises :class:`MalformedMessage` for a binary frame, invalid JSON or a malformed event.
     """
@@ -61,9 +72,17 @@ def decode_server_message(message: str | bytes) -> ServerMessage:
         if not isinstance(raw, dict):
             raise MalformedMessage("an event message needs an 'event' object")
         try:
-            return Envelope.from_dict(raw)
+            envelope = Envelope.from_dict(raw)
         except (KeyError, TypeError, ValueError) as exc:
             raise MalformedMessage(f"malformed event: {exc!r}") from None
+        if "group" not in data:
+            return envelope
+        group, attempt = data.get("group"), data.get("attempt")
+        if not isinstance(group, str) or not group:
+            raise MalformedMessage("a group delivery needs a 'group' name")
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+            raise MalformedMessage("a group delivery needs an 'attempt' of at least 1")
+        return GroupEvent(group, attempt, envelope)
     if kind == "reply":
         if data.get("ok") is True:
             return Reply(data.get("id"), data.get("result"))

@@ -84,6 +84,9 @@ class GroupRunner:
                 seen = self.appends
                 events = await history.read(group.topic, group.cursor, min(want, READ_PAGE))
                 if events:
+                    if not self.epoch:
+                        # The group was created before its topic had an event.
+                        self.epoch = events[0].epoch
                     group.add_events(events)
                 elif seen == self.appends:
                     group.caught_up = True
