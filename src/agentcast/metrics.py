@@ -50,7 +50,7 @@ class HubCollector(Collector):
             "agentcast_publishes": ("Publications accepted.", stats.publishes),
             "agentcast_duplicate_publishes": (
                 "Publishes answered from the idempotency window.",
-                stats.duplicates,
+                stats.duplicates + (hub.durable_log.duplicates if hub.durable_log else 0),
             ),
             "agentcast_deliveries": ("Event frames written to connections.", stats.deliveries),
             "agentcast_writes": ("Transport writes (after coalescing).", stats.writes),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Coroutine
@@ -11,8 +12,21 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+# Young-generation collections every 700 allocations dominate a server that allocates a few
+# short-lived objects per message; collect every 50,000 instead (objects are freed by
+# reference counting either way; this only spaces out the cycle detector's passes).
+GC_THRESHOLDS = (50_000, 20, 1000)
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """Run ``main`` on uvloop when it is installed, else on the default asyncio loop."""
+    """Run ``main`` on uvloop when it is installed, else on the default asyncio loop.
+
+    Objects alive at start-up (modules, config) are moved out of the collector's way
+    (``gc.freeze``) and collections are spaced out (:data:`GC_THRESHOLDS`).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS

@@ -41,6 +41,7 @@ from agentcast.protocol.frames import error_reply, ok_reply, ws_text_frame
 from agentcast.protocol.topics import is_pattern
 from agentcast.security.capabilities import Operation
 from agentcast.security.errors import TooManyConnections, Unauthorized
+from agentcast.storage.base import AppendResult
 
 log = logging.getLogger(__name__)
 
@@ -180,14 +181,15 @@ async def _join_group(conn: Connection, cmd: Subscribe, settings: GroupSettings)
 
 
 def _reply_published(
-    conn: Connection, command_id: CommandId, ack: bool, done: asyncio.Future[PublishResult]
+    conn: Connection, command_id: CommandId, ack: bool, done: asyncio.Future[AppendResult]
 ) -> None:
     if done.cancelled():
         _send_error(conn, command_id, Unavailable("the node is shutting down"))
     elif (exc := done.exception()) is not None:
         _send_error(conn, command_id, exc)
     elif ack and command_id is not None:
-        conn.send_control(ws_text_frame(ok_reply(command_id, done.result().to_dict())))
+        result = PublishResult.from_append(done.result())
+        conn.send_control(ws_text_frame(ok_reply(command_id, result.to_dict())))
 
 
 def _refresh(conn: Connection, cmd: Refresh) -> object:

@@ -41,6 +41,7 @@ class DurableLog:
         self._idle.set()
         self.batches = 0
         self.appended = 0
+        self.duplicates = 0
         self.failures = 0
 
     def __len__(self) -> int:
@@ -88,7 +89,9 @@ class DurableLog:
             return
         self.batches += 1
         for (_, future), result in zip(batch, results, strict=True):
-            if not result.duplicate:
+            if result.duplicate:
+                self.duplicates += 1
+            else:
                 self.appended += 1
                 self.on_committed(result.event)
             if not future.done():

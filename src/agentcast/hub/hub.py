@@ -14,6 +14,10 @@ Contract:
 * Durable topics (a :class:`DurableRule` matches) go through :meth:`Hub.publish_durable`:
   the history store assigns the position inside its commit, the event is fanned out after
   the commit, and the publisher's future resolves after that (acked = stored).
+* :attr:`Hub.observer`, when set, is called once per publication (ephemeral or durable, not
+  for a duplicate) with the topic and the encoded envelope, right before the fan-out. It runs
+  on the hot path: it must be cheap and must not raise. Unset (the default) it costs one
+  attribute check per publication.
 """
 
 from __future__ import annotations
@@ -62,6 +66,12 @@ class PublishResult:
     lamport: int
     duplicate: bool = False
 
+    @classmethod
+    def from_append(cls, appended: AppendResult) -> PublishResult:
+        """The position a durable publish got from the history store."""
+        event = appended.event
+        return cls(event.id, event.topic, event.seq, event.epoch, event.lamport, appended.duplicate)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -101,6 +111,7 @@ class Hub:
         self.history: HistoryStore | None = None
         self.durable_log: DurableLog | None = None
         self.groups: GroupManager | None = None
+        self.observer: Callable[[str, bytes], None] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self._call_soon = call_soon
         self._ids = count(1)
@@ -253,15 +264,17 @@ class Hub:
 
     def publish_any(
         self, cmd: Publish, source: str
-    ) -> PublishResult | asyncio.Future[PublishResult]:
-        """Publish to an ephemeral topic (result now) or a durable one (a future)."""
+    ) -> PublishResult | asyncio.Future[AppendResult]:
+        """Publish to an ephemeral topic (result now) or a durable one (a future; turn its
+        result into a reply with :meth:`PublishResult.from_append`)."""
         if self.durability and self.durability.rule_for(cmd.topic) is not None:
             return self.publish_durable(cmd, source)
         return self.publish(cmd, source)
 
-    def publish_durable(self, cmd: Publish, source: str) -> asyncio.Future[PublishResult]:
+    def publish_durable(self, cmd: Publish, source: str) -> asyncio.Future[AppendResult]:
         """Submit a durable publish; the future resolves once the store has committed it
-        (and it was fanned out), or fails with ``unavailable``/``overloaded``.
+        (and it was fanned out), or fails with ``unavailable``; ``overloaded`` is raised
+        at once when too many publishes wait.
 
         Raises :class:`PayloadTooLarge` (nothing submitted) if the payload is too big.
         """
@@ -282,39 +295,14 @@ class Hub:
             self.lamport.tick(cmd.lamport),
             key,
         )
-        appended = self.durable_log.submit(draft)
-        result: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
-
-        def resolve(done: asyncio.Future[AppendResult]) -> None:
-            if result.done():
-                return
-            if done.cancelled():
-                result.cancel()
-            elif (exc := done.exception()) is not None:
-                result.set_exception(exc)
-            else:
-                stored = done.result()
-                event = stored.event
-                if stored.duplicate:
-                    self.stats.duplicates += 1
-                else:
-                    self.stats.publishes += 1
-                result.set_result(
-                    PublishResult(
-                        event.id,
-                        event.topic,
-                        event.seq,
-                        event.epoch,
-                        event.lamport,
-                        stored.duplicate,
-                    )
-                )
-
-        appended.add_done_callback(resolve)
-        return result
+        return self.durable_log.submit(draft)
 
     def _fan_out_stored(self, event: StoredEvent) -> None:
-        frame = ws_text_frame(event_message(event.envelope_json()))
+        self.stats.publishes += 1
+        envelope = event.envelope_json()
+        if self.observer is not None:
+            self.observer(event.topic, envelope)
+        frame = ws_text_frame(event_message(envelope))
         self._fan_out(event.topic, frame, event.headers, event.seq)
         if self.groups is not None:
             self.groups.appended(event.topic, event.seq)
@@ -356,6 +344,8 @@ class Hub:
         if dedupe_key is not None:
             self.dedupe.put(dedupe_key, result)
         self.stats.publishes += 1
+        if self.observer is not None:
+            self.observer(cmd.topic, envelope)
         self._fan_out(cmd.topic, ws_text_frame(event_message(envelope)), cmd.headers, seq)
         return result
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,9 +17,29 @@ def new_event_id() -> str:
     return str(uuid_utils.uuid7())
 
 
+class _SecondPrefix:
+    """Caches the formatted date and time of the current second (one per publish is hot)."""
+
+    __slots__ = ("prefix", "second")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = ""
+
+    def format(self, micros: int) -> str:
+        second, fraction = divmod(micros, 1_000_000)
+        if second != self.second:
+            self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self.second = second
+        return f"{self.prefix}.{fraction:06d}Z"
+
+
+_now_prefix = _SecondPrefix()
+
+
 def rfc3339_now() -> str:
     """The current UTC time in RFC 3339 with microseconds and a ``Z`` suffix."""
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return _now_prefix.format(time.time_ns() // 1000)
 
 
 def rfc3339_at(timestamp: float) -> str:

@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from agentcast.dashboard import add_dashboard_routes
 from agentcast.errors import (
     AgentcastError,
     BadJson,
@@ -19,7 +20,7 @@ from agentcast.errors import (
     ProtocolError,
     Unavailable,
 )
-from agentcast.hub.hub import Hub
+from agentcast.hub.hub import Hub, PublishResult
 from agentcast.protocol.commands import parse_publish_fields
 from agentcast.security.capabilities import Operation
 from agentcast.security.errors import SecurityError
@@ -71,7 +72,10 @@ def make_http_app(
             hub.security.check_http(principal, Operation.PUBLISH, cmd.topic)
             name = request.headers.get("X-Agentcast-Client", "http")[:128]
             published = hub.publish_any(cmd, f"ac://http/{name}")
-            result = await published if isinstance(published, asyncio.Future) else published
+            if isinstance(published, asyncio.Future):
+                result = PublishResult.from_append(await published)
+            else:
+                result = published
         except SecurityError as exc:
             hub.stats.errors += 1
             return _security_error(exc)
@@ -101,4 +105,5 @@ def make_http_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
+    add_dashboard_routes(app, hub)
     return app
