@@ -62,6 +62,8 @@ def test_decodes_each_command() -> None:
         (cmd(id=[1], cmd="ping"), "bad_request", None),
         (cmd(id=15, cmd="unsubscribe", topic=5), "invalid_topic", 15),
         (cmd(id=16, cmd="hello", client=3), "bad_request", 16),
+        (cmd(id=17, cmd="publish", topic="a", idempotency_key="k\x00"), "bad_request", 17),
+        (cmd(id=18, cmd="publish", topic="a", headers={"k": "v\x00"}), "bad_request", 18),
     ],
 )
 def test_bad_commands_get_stable_codes(frame: bytes, code: str, command_id: object) -> None:

@@ -12,17 +12,13 @@ file and ports, and check the invariants:
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
 from agentcast.client import Client, Envelope, PublishAck
+from tests.nodeproc import ServerProcess
 from tests.wsclient import RawClient
 
 TOPIC = "acme.crash.stream"
@@ -40,97 +36,13 @@ SDK_OPTIONS: dict[str, Any] = {
 }
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class ServerProcess:
-    """``agentcast serve`` as a child process on fixed loopback ports."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.http_port = free_port()
-        self.config = directory / "node.toml"
-        self.config.write_text(
-            f'history = "sqlite:///{directory / "history.db"}"\n'
-            'durable = ["acme.>"]\n'
-            'log_level = "warning"\n'
-            "retention_interval = 3600\n"
-        )
-        self.log_path = directory / "node.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-        self.starts = 0
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/ws"
-
-    def start(self) -> None:
-        assert self.process is None
-        self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from agentcast.cli import main; main()",
-                "serve",
-                "--config",
-                str(self.config),
-                "--port",
-                str(self.port),
-                "--http-port",
-                str(self.http_port),
-            ],
-            cwd=self.directory,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-        )
-        self.starts += 1
-
-    async def wait_ready(self) -> None:
-        """Poll ``GET /readyz`` until it answers 200 (bounded in attempts)."""
-        for _ in range(READY_ATTEMPTS):
-            assert self.process is not None
-            if self.process.poll() is not None:
-                pytest.fail(f"the node exited early:\n{self.log_path.read_text()}")
-            if await self._ready():
-                return
-            await asyncio.sleep(READY_POLL)
-        pytest.fail(f"the node did not become ready:\n{self.log_path.read_text()}")
-
-    async def _ready(self) -> bool:
-        try:
-            async with asyncio.timeout(2):
-                reader, writer = await asyncio.open_connection("127.0.0.1", self.http_port)
-                try:
-                    writer.write(
-                        b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-                    )
-                    await writer.drain()
-                    status = await reader.readline()
-                finally:
-                    writer.close()
-                    await writer.wait_closed()
-        except (OSError, TimeoutError):
-            return False
-        return status.split(b" ")[1:2] == [b"200"]
-
-    def kill(self) -> None:
-        """``kill -9`` and reap the child."""
-        process, self.process = self.process, None
-        if process is not None:
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+def sqlite_node_config(directory: Path) -> str:
+    return (
+        f'history = "sqlite:///{directory / "history.db"}"\n'
+        'durable = ["acme.>"]\n'
+        'log_level = "warning"\n'
+        "retention_interval = 3600\n"
+    )
 
 
 async def read_history(url: str, epoch: str, count: int) -> list[dict[str, Any]]:
@@ -150,7 +62,7 @@ async def read_history(url: str, epoch: str, count: int) -> list[dict[str, Any]]
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_kill_9_mid_stream_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path)
+    server = ServerProcess(tmp_path, sqlite_node_config(tmp_path))
     try:
         server.start()
         async with asyncio.timeout(200):

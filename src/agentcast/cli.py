@@ -69,6 +69,16 @@ def serve(
             click.echo(
                 f"  http       {node.http_url}  (/v1/publish /healthz /readyz /metrics)", err=True
             )
+            assert node.hub is not None
+            if not node.hub.security.enabled:
+                click.secho(
+                    "WARNING: authentication is OFF. Any client can publish and subscribe to "
+                    "any topic of any tenant. Set [security] auth in the config file for "
+                    "anything but local development (docs/security.md).",
+                    fg="red",
+                    bold=True,
+                    err=True,
+                )
             await stop.wait()
             click.echo("draining: closing connections with code 4000 (reconnect)", err=True)
 
@@ -169,6 +179,94 @@ def bench_fanout(
             rate=rate,
             server=server,
             idle=idle,
+            as_json=as_json,
+            output=output,
+        )
+    )
+
+
+@bench.command("durable")
+@click.option(
+    "--store",
+    "stores",
+    default="sqlite,postgres",
+    show_default=True,
+    help="History stores to measure, comma-separated: sqlite, postgres, memory.",
+)
+@click.option(
+    "--publishers",
+    default="1,10,100",
+    show_default=True,
+    help="Concurrent publisher connections per row, comma-separated.",
+)
+@click.option(
+    "--messages",
+    type=int,
+    default=100_000,
+    show_default=True,
+    help="Acked publishes per row, split evenly over its publishers.",
+)
+@click.option("--size", type=int, default=64, show_default=True, help="Payload bytes.")
+@click.option(
+    "--window",
+    type=int,
+    default=64,
+    show_default=True,
+    help="Unanswered publishes allowed per publisher connection.",
+)
+@click.option(
+    "--resume-events",
+    type=int,
+    default=10_000,
+    show_default=True,
+    help="Events a resuming subscriber has missed (0: skip the resume).",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Seconds each phase may take before it is cut short.",
+)
+@click.option(
+    "--postgres-dsn",
+    "pg_dsn",
+    default="postgresql://postgres@127.0.0.1:5432/test",
+    show_default=True,
+    help="PostgreSQL for --store postgres (a throwaway schema per node, dropped after).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Append the JSON result as one line to this file.",
+)
+def bench_durable(
+    stores: str,
+    publishers: str,
+    messages: int,
+    size: int,
+    window: int,
+    resume_events: int,
+    timeout: float,
+    pg_dsn: str,
+    as_json: bool,
+    output: str | None,
+) -> None:
+    """Acked durable publishes per second and resume time, per history store."""
+    from agentcast.bench.durable import run_durable_cli
+
+    sys.exit(
+        run_durable_cli(
+            stores=stores,
+            publishers=publishers,
+            messages=messages,
+            size=size,
+            window=window,
+            resume_events=resume_events,
+            timeout=timeout,
+            pg_dsn=pg_dsn,
             as_json=as_json,
             output=output,
         )

@@ -40,6 +40,9 @@ class ServerConfig:
     log_level: str = "info"
     history: str = "sqlite:///agentcast-data/history.db"
     retention_interval: float = 30.0
+    broker: str = ""
+    cluster_heartbeat: float = 1.0
+    member_timeout: float = 3.0
     durable: tuple[DurableRule, ...] = ()
     security: SecurityConfig = field(default_factory=SecurityConfig)
     hub: HubConfig = field(default_factory=HubConfig)

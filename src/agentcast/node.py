@@ -19,7 +19,10 @@ from types import TracebackType
 
 from aiohttp import web
 
+from agentcast.brokers.base import Broker
+from agentcast.brokers.factory import open_broker
 from agentcast.config import ServerConfig
+from agentcast.hub.cluster import ClusterLink
 from agentcast.hub.durability import DurabilityRules
 from agentcast.hub.hub import Hub
 from agentcast.metrics import make_registry, render
@@ -40,8 +43,10 @@ SWEEP_INTERVAL = 1.0
 class Node:
     """One agentcast server process's worth of state."""
 
-    def __init__(self, config: ServerConfig | None = None) -> None:
+    def __init__(self, config: ServerConfig | None = None, *, broker: Broker | None = None):
+        """``broker`` overrides the ``broker`` config key (tests link nodes in-process)."""
         self.config = config or ServerConfig()
+        self.broker = broker
         self.node_id = self.config.node_id or f"n{secrets.token_hex(3)}"
         self.hub: Hub | None = None
         self.ready = False
@@ -81,6 +86,17 @@ class Node:
         hub = self.hub = Hub(config.hub, loop.call_soon, node_id=self.node_id, security=security)
         if config.durable:
             await self._open_history(hub)
+        if self.broker is None and config.broker:
+            self.broker = open_broker(config.broker)
+        if self.broker is not None:
+            link = hub.cluster = ClusterLink(
+                hub,
+                self.broker,
+                heartbeat_interval=config.cluster_heartbeat,
+                member_timeout=config.member_timeout,
+            )
+            await self.broker.start(self.node_id, link)
+            self._background.append(asyncio.create_task(link.run(), name="agentcast-cluster"))
         registry = make_registry(hub)
         registry.register(SecurityCollector(security))
         self._ws_server = await start_websocket_server(
@@ -92,7 +108,7 @@ class Node:
             ssl=ssl_context,
         )
         self.ws_port = self._ws_server.sockets[0].getsockname()[1]
-        app = make_http_app(hub, ready=lambda: self.ready, metrics=lambda: render(registry))
+        app = make_http_app(hub, ready=self.is_ready, metrics=lambda: render(registry))
         self._http_runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._http_runner.setup()
         site = web.TCPSite(
@@ -105,6 +121,11 @@ class Node:
         self._sweeper = asyncio.create_task(self._sweep(), name="agentcast-sweep")
         self.ready = True
         log.info("agentcast node %s ready: %s and %s", self.node_id, self.ws_url, self.http_url)
+
+    def is_ready(self) -> bool:
+        """Listening, not draining, and (in a cluster) the broker is reachable."""
+        cluster = self.hub.cluster if self.hub is not None else None
+        return self.ready and (cluster is None or cluster.healthy)
 
     async def _open_history(self, hub: Hub) -> None:
         from agentcast.storage.factory import consumer_store_for, open_history_store
@@ -158,6 +179,8 @@ class Node:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         self._background.clear()
+        if self.broker is not None:
+            await self.broker.close()
         if self.history is not None:
             await self.history.close()
             self.history = None

@@ -20,6 +20,7 @@ from agentcast.storage.base import HistoryStore
 from agentcast.storage.memory import MemoryHistoryStore
 from agentcast.storage.postgres import PostgresHistoryStore
 from agentcast.storage.sqlite import SqliteHistoryStore
+from tests.storage import nats_backend, redis_backend
 
 
 class Backend(Protocol):
@@ -32,6 +33,8 @@ class Backend(Protocol):
 
 # Backends on external engines register here (kind -> module implementing Backend).
 EXTRA_BACKENDS: dict[str, Backend] = {}
+EXTRA_BACKENDS["redis"] = redis_backend.BACKEND
+EXTRA_BACKENDS["nats"] = nats_backend.BACKEND
 
 PG_DSN = os.environ.get("AGENTCAST_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 

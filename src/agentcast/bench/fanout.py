@@ -19,16 +19,23 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from agentcast.bench.children import (
+    BenchError,
+    LineReader,
+    cpu_note,
+    last_json_line,
+    spawn,
+    stop,
+    wait_ready,
+)
 from agentcast.bench.fanout_result import FanoutParams, build_result, mode_of, summary
 from agentcast.bench.load import PUBLISH_GRACE, LoadPlan
-from agentcast.bench.process import parse_ready, pick_cpus
+from agentcast.bench.process import pick_cpus
 
 HOST = "127.0.0.1"
 SERVERS = ("agentcast", "naive")
@@ -37,11 +44,8 @@ DRAIN_TIMEOUT = 10.0
 CONNECT_BASE_TIMEOUT = 30.0
 CONNECT_TIMEOUT_PER_SUBSCRIBER = 0.01
 LOAD_EXIT_GRACE = 60.0
-STOP_GRACE = 5.0
 
-
-class BenchError(Exception):
-    """The benchmark could not produce a result (the message says why)."""
+__all__ = ["BenchError", "run_fanout", "run_fanout_cli"]
 
 
 def run_fanout_cli(
@@ -121,10 +125,10 @@ def run_fanout(
     children: list[subprocess.Popen[bytes]] = []
     try:
         say(f"fanout {mode_of(params)}: starting the {params.server} server")
-        server = _spawn("agentcast.bench.server_main", ["--server", params.server], server_cpu)
+        server = spawn("agentcast.bench.server_main", ["--server", params.server], server_cpu)
         children.append(server)
-        port = _wait_ready(server, SERVER_READY_TIMEOUT)
-        say(f"  server pid {server.pid} on {HOST}:{port}" + _cpu_note(server_cpu))
+        port = wait_ready(LineReader(server), SERVER_READY_TIMEOUT)
+        say(f"  server pid {server.pid} on {HOST}:{port}" + cpu_note(server_cpu))
         connect_timeout = CONNECT_BASE_TIMEOUT + CONNECT_TIMEOUT_PER_SUBSCRIBER * (
             params.subscribers
         )
@@ -139,8 +143,8 @@ def run_fanout(
             drain_timeout=DRAIN_TIMEOUT,
             quiet=quiet,
         )
-        say("  load process started" + _cpu_note(load_cpu))
-        load = _spawn("agentcast.bench.load", plan.to_args(), load_cpu)
+        say("  load process started" + cpu_note(load_cpu))
+        load = spawn("agentcast.bench.load", plan.to_args(), load_cpu)
         children.append(load)
         publish_budget = (params.messages / params.rate if params.rate > 0 else 0.0) + (
             PUBLISH_GRACE
@@ -154,78 +158,9 @@ def run_fanout(
             raise BenchError(f"the load process failed (exit status {load.returncode})")
         if server.poll() is not None:
             raise BenchError(f"the server exited during the run (status {server.returncode})")
-        measured = _last_json_line(out)
+        measured = last_json_line(out)
         measured["loadavg_1m_before"] = loadavg_before
         return measured
     finally:
         for child in reversed(children):
-            _stop(child)
-
-
-def _cpu_note(cpu: int | None) -> str:
-    return f", pinned to CPU {cpu}" if cpu is not None else ", not pinned (fewer than 2 CPUs)"
-
-
-def _spawn(module: str, args: list[str], cpu: int | None) -> subprocess.Popen[bytes]:
-    cpu_args = [f"--cpu={cpu}"] if cpu is not None else []
-    return subprocess.Popen(
-        [sys.executable, "-m", module, *args, *cpu_args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        start_new_session=True,
-    )
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], timeout: float) -> int:
-    """Read the child's ``READY <port>`` line from its stdout, at most ``timeout`` seconds."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    deadline = time.monotonic() + timeout
-    buffer = b""
-    with selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_READ)
-        while b"\n" not in buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BenchError(f"the server was not ready within {timeout:g} s")
-            if not selector.select(remaining):
-                continue
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                raise BenchError(f"the server exited before it was ready (status {proc.wait()})")
-            buffer += chunk
-    try:
-        return parse_ready(buffer.split(b"\n", 1)[0].decode())
-    except ValueError as exc:
-        raise BenchError(f"unexpected server output: {exc}") from None
-
-
-def _last_json_line(out: bytes) -> dict[str, Any]:
-    lines = [line for line in out.decode().splitlines() if line.strip()]
-    if not lines:
-        raise BenchError("the load process printed no result")
-    try:
-        measured = json.loads(lines[-1])
-    except json.JSONDecodeError as exc:
-        raise BenchError(f"the load process printed no JSON result: {exc}") from None
-    if not isinstance(measured, dict):
-        raise BenchError("the load process printed no JSON object")
-    return measured
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after :data:`STOP_GRACE` seconds; always reaps and closes pipes."""
-    try:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+            stop(child)

@@ -43,55 +43,39 @@ Contracts:
   every publish sends it, so the node's clock (and thus the next event) moves past it.
 * **Concurrency.** One reader task per connection and one supervisor task (keepalive and
   reconnect) are owned by the client; :meth:`Client.close` cancels and awaits both.
+
+:class:`Client` is the facade over its parts: :mod:`~agentcast.client.session` (the state
+they share), :mod:`~agentcast.client.publisher` (publish, retry, resend),
+:mod:`~agentcast.client.subscriber` (subscribe, join, release),
+:mod:`~agentcast.client.router` (replies, events, group deliveries),
+:mod:`~agentcast.client.opener` (one connection and its session) and
+:mod:`~agentcast.client.supervisor` (connect, keepalive, reconnect, end).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import itertools
-import logging
-import uuid
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import WebSocketException
-
 from agentcast.client.backoff import Backoff
 from agentcast.client.dedupe import DEFAULT_DEDUPE_WINDOW
-from agentcast.client.groups import GroupRegistry, GroupSubscription, left
-from agentcast.client.inflight import InflightPublishes, PendingPublish
-from agentcast.client.link import Link, LinkLost
-from agentcast.client.messages import GroupEvent, MalformedMessage, Reply, decode_server_message
+from agentcast.client.groups import GroupRegistry, GroupSubscription
+from agentcast.client.link import Link
+from agentcast.client.opener import ConnectionOpener
+from agentcast.client.publisher import Publisher
 from agentcast.client.registry import SubscriptionRegistry
-from agentcast.client.restore import RestorePlan
 from agentcast.client.results import PublishAck
-from agentcast.client.subscription import (
-    DEFAULT_BUFFER_SIZE,
-    Subscription,
-    as_position,
-    client_closed,
-    renew,
-    unsubscribed,
-)
+from agentcast.client.router import MessageRouter
+from agentcast.client.session import Session
+from agentcast.client.subscriber import Subscriber
+from agentcast.client.subscription import DEFAULT_BUFFER_SIZE, Subscription, as_position
+from agentcast.client.supervisor import ConnectionSupervisor
 from agentcast.client.worker import GroupHandler, Worker
-from agentcast.errors import ClientError, ConnectionClosed
-from agentcast.protocol.codes import should_reconnect
-from agentcast.protocol.commands import PROTOCOL_VERSION, Policy, Position
-from agentcast.protocol.envelope import Envelope
-
-log = logging.getLogger("agentcast.client")
+from agentcast.protocol.commands import Policy, Position
 
 DEFAULT_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 DEFAULT_MAX_RECONNECT_ATTEMPTS = 100
-
-# Failures of one connection attempt that a later attempt may not hit.
-_RETRYABLE = (OSError, TimeoutError, WebSocketException, LinkLost)
-
-# Publish refusals that may pass: retried with backoff and the same idempotency key.
-RETRYABLE_PUBLISH_CODES = frozenset({"overloaded", "unavailable"})
 
 
 class Client:
@@ -134,42 +118,43 @@ class Client:
         self.connect_timeout = connect_timeout
         self.max_reconnect_attempts = max_reconnect_attempts
         self.max_message_bytes = max_message_bytes
-        self.lamport = 0
-        self.reconnects = 0
-        self.publish_retries = 0
-        self._backoff = Backoff(backoff_initial, backoff_max)
-        self._ids = itertools.count(1)
-        self._generations = itertools.count(1)
-        self._link: Link | None = None
-        self._supervisor: asyncio.Task[None] | None = None
+        backoff = Backoff(backoff_initial, backoff_max)
+        # The parts read the options above from this client whenever they use one.
+        session = self._session = Session(self)
         self._subscriptions = SubscriptionRegistry()
         self._groups = GroupRegistry()
-        self._inflight = InflightPublishes()
-        self._state_changed = asyncio.Event()
-        self._failure: ConnectionClosed | None = None
-        self._started = False
-        self._closing = False
-        self._closed = asyncio.Event()
-        self._last_connection_id: str | None = None
-        self._last_node_id: str | None = None
+        self._publisher = Publisher(session, backoff)
+        self._subscriber = Subscriber(session, self._subscriptions, self._groups)
+        router = MessageRouter(session, self._subscriptions, self._groups)
+        self._opener = ConnectionOpener(
+            session, router, self._publisher, self._subscriptions, self._groups
+        )
+        # Connections are opened through ``self._open``, looked up at each use.
+        self._supervisor = ConnectionSupervisor(
+            session,
+            lambda: self._open(),
+            backoff,
+            self._publisher,
+            self._subscriptions,
+            self._groups,
+        )
 
     # -- state ---------------------------------------------------------------------------
 
     @property
     def connected(self) -> bool:
         """Whether a session is established (``hello`` answered, subscriptions renewed)."""
-        link = self._link
-        return link is not None and link.ready and link.alive
+        return self._session.established is not None
 
     @property
     def connection_id(self) -> str | None:
         """The node's id for the current (or last) connection."""
-        return self._last_connection_id
+        return self._session.connection_id
 
     @property
     def node_id(self) -> str | None:
         """The id of the node of the current (or last) connection."""
-        return self._last_node_id
+        return self._session.node_id
 
     @property
     def subscriptions(self) -> tuple[Subscription, ...]:
@@ -181,6 +166,38 @@ class Client:
         """The live consumer-group memberships, in join order."""
         return tuple(self._groups)
 
+    @property
+    def lamport(self) -> int:
+        """The Lamport clock: the highest Lamport time seen in any event or reply."""
+        return self._session.lamport
+
+    @lamport.setter
+    def lamport(self, value: int) -> None:
+        self._session.lamport = value
+
+    @property
+    def reconnects(self) -> int:
+        """Successful reconnects so far."""
+        return self._supervisor.reconnects
+
+    @reconnects.setter
+    def reconnects(self, value: int) -> None:
+        self._supervisor.reconnects = value
+
+    @property
+    def publish_retries(self) -> int:
+        """Publishes sent again after an ``overloaded`` or ``unavailable`` refusal."""
+        return self._publisher.retries
+
+    @publish_retries.setter
+    def publish_retries(self, value: int) -> None:
+        self._publisher.retries = value
+
+    @property
+    def _link(self) -> Link | None:
+        """The current connection (``None`` between connections)."""
+        return self._session.link
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def connect(self) -> None:
@@ -190,26 +207,7 @@ class Client:
         :class:`TimeoutError` if it does not answer within ``ack_timeout``, and ``OSError`` or a
         ``websockets`` error if the socket cannot be opened.
         """
-        if self._closing:
-            raise client_closed()
-        if self._started:
-            raise RuntimeError("connect() was already called")
-        self._started = True
-        try:
-            await self._open()
-        except LinkLost as exc:
-            self._started = False
-            raise ConnectionClosed(f"the connection closed during hello: {exc}") from None
-        except BaseException:
-            self._started = False
-            raise
-        if self._closing:  # close() ran while the session was being opened
-            link = self._link
-            if link is not None:
-                await link.shutdown()
-                self._link = None
-            raise client_closed()
-        self._supervisor = asyncio.create_task(self._supervise(), name="agentcast-client")
+        await self._supervisor.connect()
 
     async def close(self) -> None:
         """End the session: stop the supervisor and reader, close the socket, fail what waits.
@@ -217,24 +215,7 @@ class Client:
         Waiting commands raise :class:`~agentcast.errors.ConnectionClosed` (close code 1000);
         subscription iterators stop after their buffered events. Idempotent.
         """
-        if self._closing:
-            await self._closed.wait()
-            return
-        self._closing = True
-        try:
-            supervisor, self._supervisor = self._supervisor, None
-            if supervisor is not None:
-                supervisor.cancel()
-                await asyncio.wait({supervisor})
-                if not supervisor.cancelled() and supervisor.exception() is not None:
-                    log.error("agentcast client supervisor failed", exc_info=supervisor.exception())
-            link = self._link
-            if link is not None:
-                await link.shutdown()
-                self._link = None
-        finally:
-            self._terminate(client_closed(), graceful=True)
-            self._closed.set()
+        await self._supervisor.close()
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -279,51 +260,15 @@ class Client:
         :class:`~agentcast.errors.ConnectionClosed` when the client ended.
         """
         self._check_usable()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.ack_timeout
-        command: dict[str, Any] = {
-            "cmd": "publish",
-            "topic": topic,
-            "payload": payload,
-            "idempotency_key": idempotency_key or uuid.uuid4().hex,
-        }
-        if headers:
-            command["headers"] = dict(headers)
-        if correlation_id is not None:
-            command["correlation_id"] = correlation_id
-        if causation_id is not None:
-            command["causation_id"] = causation_id
-        if not ack:
-            command["ack"] = False
-            await self._send_unacked(command, deadline)
-            return None
-        pending = PendingPublish(command)
-        token = self._inflight.add(pending)
-        retry = Backoff(self._backoff.initial, self._backoff.maximum)
-        try:
-            while True:
-                # Once a link is ready, the reconnect has resent every older pending publish:
-                # sending now keeps the original order. If this one was resent too, skip it.
-                link = await self._wait_link(deadline)
-                if pending.generation != link.generation and not pending.future.done():
-                    with contextlib.suppress(LinkLost):  # if lost, the next link resends it
-                        await self._transmit(link, pending)
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        result = await pending.future
-                    break
-                except ClientError as exc:
-                    if exc.code not in RETRYABLE_PUBLISH_CODES:
-                        raise
-                    delay = retry.next_delay()
-                    if loop.time() + delay >= deadline:
-                        raise
-                    await asyncio.sleep(delay)
-                    self.publish_retries += 1
-                    pending.renew()
-        finally:
-            self._inflight.remove(token)
-        return PublishAck.from_result(result)
+        return await self._publisher.publish(
+            topic,
+            payload,
+            headers=headers,
+            idempotency_key=idempotency_key,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            ack=ack,
+        )
 
     async def subscribe(
         self,
@@ -360,7 +305,7 @@ class Client:
         ``since`` or several history options.
         """
         self._check_usable()
-        deadline = asyncio.get_running_loop().time() + self.ack_timeout
+        deadline = self._deadline()
         position = None if since is None else as_position(since)
         sub = Subscription(
             self,
@@ -373,15 +318,7 @@ class Client:
             since_time=since_time,
             dedupe_window=dedupe_window,
         )
-        self._subscriptions.add(sub)
-        try:
-            result = await self._call(sub.command(), deadline)
-        except BaseException:
-            self._subscriptions.discard(sub)
-            sub.end(reason=unsubscribed(pattern))
-            raise
-        sub.apply_history_reply(result, since=position)
-        sub.confirmed = True
+        await self._subscriber.subscribe(sub, deadline)
         return sub
 
     async def join_group(
@@ -424,14 +361,7 @@ class Client:
             key_header=key_header,
             dead_letter_topic=dead_letter_topic,
         )
-        self._groups.add(membership)
-        try:
-            result = await self._call(membership.command(), deadline)
-        except BaseException:
-            self._groups.discard(membership)
-            membership.end(reason=left(topic, group))
-            raise
-        membership.joined(result)
+        await self._subscriber.join(membership, deadline)
         return membership
 
     async def work(
@@ -453,304 +383,26 @@ class Client:
     async def ping(self) -> str:
         """Round-trip a ``ping``; return the node's time (RFC 3339)."""
         self._check_usable()
-        deadline = asyncio.get_running_loop().time() + self.ack_timeout
-        result = await self._call({"cmd": "ping"}, deadline)
+        result = await self._session.call({"cmd": "ping"}, self._deadline())
         return str(result.get("time", "")) if isinstance(result, dict) else ""
+
+    # -- for the parts and the objects this client hands out -------------------------------
+
+    def _deadline(self) -> float:
+        """The loop time by which a command sent now must be answered."""
+        return self._session.deadline()
+
+    def _check_usable(self) -> None:
+        self._supervisor.check_usable()
+
+    async def _open(self) -> None:
+        """Open one connection and restore the session on it (connect and every reconnect)."""
+        await self._opener.open()
 
     async def _release(self, sub: Subscription) -> None:
         """End ``sub``; unsubscribe on the node unless another live one has its pattern."""
-        if sub not in self._subscriptions:
-            sub.end(reason=unsubscribed(sub.pattern))
-            return
-        self._subscriptions.discard(sub)
-        sub.end(reason=unsubscribed(sub.pattern))
-        if self._subscriptions.holds(sub.pattern):
-            return
-        link = self._link
-        if link is None or not link.ready or not link.alive:
-            return  # the next connection does not renew it
-        try:
-            await link.request({"cmd": "unsubscribe", "topic": sub.pattern}, self._deadline())
-        except LinkLost:
-            return
-        except ClientError as exc:
-            if exc.code != "not_subscribed":
-                raise
+        await self._subscriber.release(sub)
 
     async def _leave_group(self, membership: GroupSubscription) -> None:
         """End ``membership``; tell the node the connection leaves the group."""
-        reason = left(membership.topic, membership.group)
-        if membership not in self._groups:
-            membership.end(reason=reason)
-            return
-        self._groups.discard(membership)
-        membership.end(reason=reason)
-        link = self._link
-        if link is None or not link.ready or not link.alive:
-            return  # the node dropped the membership with the connection
-        command = {"cmd": "unsubscribe", "topic": membership.topic, "group": membership.group}
-        try:
-            await link.request(command, self._deadline())
-        except LinkLost:
-            return
-        except ClientError as exc:
-            if exc.code != "not_subscribed":
-                raise
-
-    # -- sending ---------------------------------------------------------------------------
-
-    def _deadline(self) -> float:
-        return asyncio.get_running_loop().time() + self.ack_timeout
-
-    def _check_usable(self) -> None:
-        if self._failure is not None:
-            raise renew(self._failure)
-        if not self._started:
-            raise RuntimeError("call connect() first")
-
-    async def _wait_link(self, deadline: float) -> Link:
-        """The current established link, waiting for a reconnect until ``deadline``."""
-        async with asyncio.timeout_at(deadline):
-            while True:
-                if self._failure is not None:
-                    raise renew(self._failure)
-                link = self._link
-                if link is not None and link.ready and link.alive:
-                    return link
-                self._state_changed.clear()
-                await self._state_changed.wait()
-
-    async def _call(self, command: dict[str, Any], deadline: float) -> Any:
-        """:meth:`_request` on the current link, retried on the next one if a link is lost."""
-        while True:
-            link = await self._wait_link(deadline)
-            try:
-                return await link.request(command, deadline)
-            except LinkLost:
-                continue
-
-    async def _transmit(self, link: Link, pending: PendingPublish) -> None:
-        """Send (or resend) a pending publish on ``link`` with a fresh id and the current clock."""
-        pending.generation = link.generation
-        await link.send_resendable({**pending.command, "lamport": self.lamport}, pending.future)
-
-    async def _send_unacked(self, command: dict[str, Any], deadline: float) -> None:
-        """Write an ``ack: false`` publish once a link is ready (no resend after that)."""
-        while True:
-            link = await self._wait_link(deadline)
-            try:
-                await link.send({**command, "lamport": self.lamport})
-                return
-            except LinkLost:
-                continue
-
-    # -- receiving -------------------------------------------------------------------------
-
-    def _on_message(self, link: Link, message: str | bytes) -> None:
-        """Route one server message; runs in the reader task and never blocks."""
-        try:
-            decoded = decode_server_message(message)
-        except MalformedMessage as exc:
-            log.warning("agentcast client ignored a server message: %s", exc)
-            return
-        if isinstance(decoded, Reply):
-            self._on_reply(link, decoded)
-        elif isinstance(decoded, Envelope):
-            if decoded.lamport > self.lamport:
-                self.lamport = decoded.lamport
-            self._subscriptions.route(decoded)
-        elif isinstance(decoded, GroupEvent):
-            if decoded.envelope.lamport > self.lamport:
-                self.lamport = decoded.envelope.lamport
-            self._groups.route(link, decoded)
-
-    def _on_reply(self, link: Link, reply: Reply) -> None:
-        lamport = reply.lamport
-        if lamport is not None and lamport > self.lamport:
-            self.lamport = lamport
-        waiter = link.take(reply.id)
-        if waiter is None:
-            if reply.error is not None:
-                log.warning(
-                    "agentcast node refused a command: %s (%s)", reply.error, reply.error.code
-                )
-            return
-        if waiter.future.done():
-            return
-        if reply.error is not None:
-            waiter.future.set_exception(reply.error)
-        else:
-            waiter.future.set_result(reply.result)
-
-    # -- connection management ---------------------------------------------------------------
-
-    async def _open(self) -> None:
-        """Connect, say hello, renew subscriptions, resend unacked publishes, then go ready."""
-        ws = await ws_connect(
-            self.url,
-            open_timeout=self.connect_timeout,
-            close_timeout=self.connect_timeout,
-            max_size=self.max_message_bytes,
-            compression=None,
-        )
-        link = Link(ws, next(self._generations), self._ids)
-        self._link = link
-        link.reader = asyncio.create_task(
-            link.read(self._on_message), name="agentcast-client-reader"
-        )
-        try:
-            await self._restore_session(link)
-            await self._resend_inflight(link)
-            if not link.alive:
-                raise LinkLost("the connection closed while the session was restored")
-            link.ready = True
-            self._state_changed.set()
-        except BaseException:
-            await link.shutdown()
-            if self._link is link:
-                self._link = None
-            raise
-
-    async def _restore_session(self, link: Link) -> None:
-        """Say ``hello`` (resuming durable topics from their positions), renew the other
-        subscriptions and join the consumer groups again right behind it, in one round trip;
-        end refused subscriptions and memberships."""
-        deadline = self._deadline()
-        plan = RestorePlan.build(self._subscriptions.groups())
-        renewals = plan.commands()
-        joins = self._groups.restore_commands()
-        hello_command: dict[str, Any] = {
-            "cmd": "hello",
-            "client": self.name,
-            "token": self.token,
-            "protocol": PROTOCOL_VERSION,
-        }
-        resume = plan.resume_field()
-        if resume:
-            hello_command["resume"] = resume
-        # Tasks start in order and each writes its frame before it first waits, so the
-        # node reads the hello first.
-        hello, *outcomes = await asyncio.gather(
-            link.request(hello_command, deadline),
-            *(link.request(command, deadline) for command in renewals),
-            *(link.request(command, deadline) for _, command in joins),
-            return_exceptions=True,
-        )
-        if isinstance(hello, BaseException):
-            raise hello
-        resumed: Any = None
-        if isinstance(hello, dict):
-            self._last_connection_id = link.connection_id = hello.get("connection")
-            self._last_node_id = link.node_id = hello.get("node")
-            interval = hello.get("heartbeat_interval")
-            if isinstance(interval, int | float) and interval > 0:
-                link.heartbeat_interval = float(interval)
-            resumed = hello.get("resume")
-
-        async def request(command: dict[str, Any]) -> Any:
-            return await link.request(command, deadline)
-
-        await plan.finish(resumed, outcomes[: len(renewals)], request, self._subscriptions)
-        self._groups.finish_restore(joins, outcomes[len(renewals) :])
-
-    async def _resend_inflight(self, link: Link) -> None:
-        """Send every unacked publish not yet sent on ``link``, oldest first.
-
-        Publishes issued while this runs wait for the link to be ready and send themselves,
-        after these.
-        """
-        for pending in self._inflight.unsent(link.generation):
-            if not pending.future.done():
-                await self._transmit(link, pending)
-
-    async def _supervise(self) -> None:
-        """Own the connection: keep it alive, notice its end, reconnect or fail the client."""
-        try:
-            while True:
-                link = self._link
-                if link is None:
-                    return
-                await self._watch(link)
-                code, reason = link.close_code(), link.close_reason()
-                self._state_changed.clear()
-                await link.shutdown()
-                if self._link is link:
-                    self._link = None
-                if not self.reconnect or not should_reconnect(code):
-                    self._terminate(
-                        ConnectionClosed(
-                            f"the connection closed (code {code}{': ' + reason if reason else ''})",
-                            close_code=code,
-                        )
-                    )
-                    return
-                if not await self._reconnect(code):
-                    return
-        except Exception as exc:
-            log.exception("agentcast client supervisor failed")
-            self._terminate(ConnectionClosed(f"the client failed: {exc!r}"))
-
-    async def _watch(self, link: Link) -> None:
-        """Wait for ``link`` to close; send a keepalive ``ping`` when it has been quiet.
-
-        The node treats any inbound frame as liveness; a ``ping`` without ``id`` gets no
-        success reply.
-        """
-        reader = link.reader
-        assert reader is not None
-        loop = asyncio.get_running_loop()
-        while not reader.done():
-            interval = link.heartbeat_interval
-            wait = max(0.0, link.last_send + interval - loop.time())
-            done, _ = await asyncio.wait({reader}, timeout=wait)
-            if done:
-                return
-            if loop.time() - link.last_send >= interval:
-                with contextlib.suppress(LinkLost):
-                    await link.send({"cmd": "ping"})
-
-    async def _reconnect(self, code: int | None) -> bool:
-        """Try to reopen the session; ``False`` if the client ended instead."""
-        backoff = self._backoff
-        backoff.reset()
-        last_error: BaseException | None = None
-        for attempt in range(1, self.max_reconnect_attempts + 1):
-            await asyncio.sleep(backoff.next_delay())
-            try:
-                await self._open()
-            except ClientError as exc:
-                self._terminate(
-                    ConnectionClosed(
-                        f"the node refused the session on reconnect: {exc.message} ({exc.code})",
-                        close_code=code,
-                    )
-                )
-                return False
-            except _RETRYABLE as exc:
-                last_error = exc
-                log.info("agentcast client reconnect attempt %d failed: %r", attempt, exc)
-                continue
-            self.reconnects += 1
-            log.info("agentcast client reconnected to %s after %d attempt(s)", self.url, attempt)
-            return True
-        self._terminate(
-            ConnectionClosed(
-                f"gave up reconnecting after {self.max_reconnect_attempts} attempts: "
-                f"{last_error!r}",
-                close_code=code,
-            )
-        )
-        return False
-
-    def _terminate(self, error: ConnectionClosed, *, graceful: bool = False) -> None:
-        """End the client: fail waiting publishes and subscriptions, wake every waiter."""
-        if self._failure is not None:
-            return
-        self._failure = error
-        self._state_changed.set()
-        self._inflight.fail_all(lambda: renew(error))
-        link = self._link
-        if link is not None:
-            link.lost()
-        self._subscriptions.end_all(error, graceful=graceful)
-        self._groups.end_all(error, graceful=graceful)
+        await self._subscriber.leave(membership)

@@ -37,17 +37,15 @@ Contracts:
 
 from __future__ import annotations
 
-import asyncio
 import math
-from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from agentcast.client.feed import EndError, Feed, renew
 from agentcast.client.link import Link, LinkLost
 from agentcast.client.messages import GroupEvent
-from agentcast.client.restore import TRANSIENT_CODES, RestoreFailed
-from agentcast.client.subscription import EndError, renew
+from agentcast.client.restore import raise_if_transient
 from agentcast.errors import ClientError
 from agentcast.protocol.commands import MAX_ACK_TIMEOUT, MAX_HEADER_VALUE
 from agentcast.protocol.envelope import Envelope
@@ -184,7 +182,7 @@ class GroupDelivery:
         )
 
 
-class GroupSubscription:
+class GroupSubscription(Feed[GroupDelivery]):
     """This client's membership in the consumer group ``group`` of the durable ``topic``.
 
     Consume with ``async for delivery in gsub`` or ``await gsub.get()``; each item is a
@@ -215,6 +213,7 @@ class GroupSubscription:
         key_header: str = "key",
         dead_letter_topic: str | None = None,
     ) -> None:
+        super().__init__()
         self.owner = owner
         self.topic = topic
         self.group = group
@@ -229,25 +228,10 @@ class GroupSubscription:
         self.stale_acks = 0
         self.discarded = 0
         self.rejoins = 0
-        self._buffer: deque[GroupDelivery] = deque()
-        self._ready = asyncio.Event()
-        self._ended = False
-        self._error: EndError | None = None
-        self._reason: EndError | None = None
 
     @property
     def key(self) -> GroupKey:
         return (self.topic, self.group)
-
-    @property
-    def active(self) -> bool:
-        """Whether the membership is still in force (deliveries still arrive)."""
-        return not self._ended
-
-    @property
-    def pending(self) -> int:
-        """How many received deliveries wait in the local buffer."""
-        return len(self._buffer)
 
     def command(self) -> dict[str, Any]:
         """The ``subscribe`` command (without ``id``) that joins the group."""
@@ -282,8 +266,7 @@ class GroupSubscription:
         if self._ended:
             return
         self.received += 1
-        self._buffer.append(GroupDelivery(self, link, event.envelope, event.attempt))
-        self._ready.set()
+        self._push(GroupDelivery(self, link, event.envelope, event.attempt))
 
     def end(self, error: EndError | None = None, *, reason: EndError | None = None) -> None:
         """End the membership and discard the buffered deliveries. With ``error`` the
@@ -291,49 +274,25 @@ class GroupSubscription:
         ``reason``."""
         if self._ended:
             return
-        self._ended = True
-        self._error = error
-        self._reason = reason or left(self.topic, self.group)
         self.discarded += len(self._buffer)
         self._buffer.clear()
-        self._ready.set()
+        self._finish(error, reason or left(self.topic, self.group))
 
-    # -- consumer API --------------------------------------------------------------------
-
-    async def get(self) -> GroupDelivery:
-        """The next delivery; waits for one. See the class docstring for how the end shows."""
-        delivery = await self._next()
-        if delivery is None:
-            raise renew(self._reason or left(self.topic, self.group))
-        return delivery
+    # -- consumer API (and :meth:`get`, ``async for`` from :class:`Feed`) ------------------
 
     async def leave(self) -> None:
         """Leave the group: the node gives this member's unacked deliveries to the others
         at once. Buffered deliveries are discarded and later acks are stale. Idempotent."""
         await self.owner._leave_group(self)
 
-    def __aiter__(self) -> GroupSubscription:
-        return self
-
-    async def __anext__(self) -> GroupDelivery:
-        delivery = await self._next()
-        if delivery is None:
-            raise StopAsyncIteration
-        return delivery
-
-    async def _next(self) -> GroupDelivery | None:
-        while True:
-            while self._buffer:
-                delivery = self._buffer.popleft()
-                if delivery.current:
-                    return delivery
-                self.discarded += 1
-            if self._ended:
-                if self._error is not None:
-                    raise renew(self._error)
-                return None
-            self._ready.clear()
-            await self._ready.wait()
+    def _take(self) -> GroupDelivery | None:
+        """The next buffered delivery still current; stale ones are discarded (counted)."""
+        while self._buffer:
+            delivery = self._buffer.popleft()
+            if delivery.current:
+                return delivery
+            self.discarded += 1
+        return None
 
     def __repr__(self) -> str:
         state = "active" if self.active else "ended"
@@ -402,11 +361,7 @@ class GroupRegistry:
         """
         for (membership, _), outcome in zip(joins, outcomes, strict=True):
             if isinstance(outcome, ClientError):
-                if outcome.code in TRANSIENT_CODES:
-                    raise RestoreFailed(
-                        f"the node could not restore group {membership.group!r} on "
-                        f"{membership.topic!r}: {outcome.message} ({outcome.code})"
-                    )
+                raise_if_transient(outcome, f"group {membership.group!r} on {membership.topic!r}")
                 self.discard(membership)
                 membership.end(renew(outcome))
             elif isinstance(outcome, BaseException):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,12 +87,18 @@ def decode_server_message(message: str | bytes) -> ServerMessage:
     if kind == "reply":
         if data.get("ok") is True:
             return Reply(data.get("id"), data.get("result"))
-        error = data.get("error")
-        if not isinstance(error, dict):
-            error = {}
-        refusal = ClientError(
-            str(error.get("message") or "the node refused the command"),
-            code=str(error.get("code") or "internal"),
+        return Reply(
+            data.get("id"), error=refusal(data.get("error"), "the node refused the command")
         )
-        return Reply(data.get("id"), error=refusal)
     return IGNORED
+
+
+def refusal(raw: Any, default_message: str) -> ClientError:
+    """The :class:`~agentcast.errors.ClientError` of an ``error`` object of the protocol
+    (``{"code", "message"}``); a missing or malformed field reads as code ``internal`` and
+    ``default_message``."""
+    error = raw if isinstance(raw, Mapping) else {}
+    return ClientError(
+        str(error.get("message") or default_message),
+        code=str(error.get("code") or "internal"),
+    )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from agentcast.client.subscription import EndError, Subscription, renew
+from agentcast.client.feed import EndError, renew
+from agentcast.client.subscription import Subscription
 from agentcast.protocol.envelope import Envelope
 from agentcast.protocol.topics import matches
 

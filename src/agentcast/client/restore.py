@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentcast.client.link import LinkLost
+from agentcast.client.messages import refusal
 from agentcast.client.registry import SubscriptionRegistry
 from agentcast.client.subscription import Subscription
 from agentcast.errors import ClientError
@@ -146,7 +147,7 @@ class RestorePlan:
         for renewal in self.resumed:
             entry = entries.get(renewal.pattern)
             if isinstance(entry, Mapping) and "error" in entry:
-                error = _client_error(entry["error"])
+                error = refusal(entry["error"], "the node refused the subscription")
                 if error.code == "not_durable":
                     renewal.mark_ephemeral()
                     followups.append(renewal)
@@ -186,17 +187,13 @@ def _wants_history(command: Mapping[str, Any]) -> bool:
     return any(command.get(name) is not None for name in ("since", "last", "since_time"))
 
 
-def _client_error(raw: Any) -> ClientError:
-    error = raw if isinstance(raw, Mapping) else {}
-    return ClientError(
-        str(error.get("message") or "the node refused the subscription"),
-        code=str(error.get("code") or "internal"),
-    )
+def raise_if_transient(error: ClientError, what: str) -> None:
+    """Raise :class:`RestoreFailed` if the node refused to restore ``what`` for a reason
+    that may pass (:data:`TRANSIENT_CODES`)."""
+    if error.code in TRANSIENT_CODES:
+        raise RestoreFailed(f"the node could not restore {what}: {error.message} ({error.code})")
 
 
 def _refuse(registry: SubscriptionRegistry, renewal: Renewal, error: ClientError) -> None:
-    if error.code in TRANSIENT_CODES:
-        raise RestoreFailed(
-            f"the node could not restore {renewal.pattern!r}: {error.message} ({error.code})"
-        )
+    raise_if_transient(error, repr(renewal.pattern))
     registry.refuse(renewal.pattern, error)

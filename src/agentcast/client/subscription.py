@@ -3,21 +3,18 @@ with the stream position, dedupe window and recovery state of its topic."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-from collections import deque
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from agentcast.client.dedupe import DEFAULT_DEDUPE_WINDOW, IdWindow
+from agentcast.client.feed import EndError, Feed
 from agentcast.errors import ClientError, ConnectionClosed
 from agentcast.protocol.commands import Position
 from agentcast.protocol.envelope import Envelope
 from agentcast.protocol.topics import is_pattern
 
 DEFAULT_BUFFER_SIZE = 10_000
-
-EndError = ClientError | ConnectionClosed
 
 # Orders position updates across subscriptions (which one saw its topic last).
 _updates = itertools.count(1)
@@ -47,7 +44,7 @@ def as_position(value: Position | Mapping[str, Any]) -> Position:
     raise ValueError(f"a position is {{'epoch': str, 'seq': int >= 0}}, not {value!r}")
 
 
-class Subscription:
+class Subscription(Feed[Envelope]):
     """Events of one topic pattern, delivered in the order the connection received them.
 
     The client's reader appends every event whose topic matches :attr:`pattern` to a local
@@ -100,6 +97,7 @@ class Subscription:
             raise ValueError("buffer_size must be at least 1")
         if sum(option is not None for option in (since, last, since_time)) > 1:
             raise ValueError("use at most one of since, last and since_time")
+        super().__init__()
         self.pattern = pattern
         self.exact = not is_pattern(pattern)
         self.policy = policy
@@ -118,23 +116,8 @@ class Subscription:
         self.position_update = 0  # orders position updates across subscriptions
         self._owner = owner
         self._seen = IdWindow(dedupe_window)
-        self._buffer: deque[Envelope] = deque()
-        self._ready = asyncio.Event()
-        self._ended = False
-        self._error: EndError | None = None
-        self._reason: EndError | None = None
 
     # -- state -------------------------------------------------------------------------
-
-    @property
-    def active(self) -> bool:
-        """Whether events are still being delivered to this subscription."""
-        return not self._ended
-
-    @property
-    def pending(self) -> int:
-        """How many received events wait in the local buffer."""
-        return len(self._buffer)
 
     @property
     def resumable(self) -> bool:
@@ -190,8 +173,7 @@ class Subscription:
         if len(buffer) >= self.buffer_size:
             buffer.popleft()
             self.dropped += 1
-        buffer.append(event)
-        self._ready.set()
+        self._push(event)
 
     def advance(self, position: Position) -> None:
         """Move :attr:`position` to ``position`` if it is later: another epoch, or a higher
@@ -231,19 +213,9 @@ class Subscription:
         """
         if self._ended:
             return
-        self._ended = True
-        self._error = error
-        self._reason = reason or unsubscribed(self.pattern)
-        self._ready.set()
+        self._finish(error, reason or unsubscribed(self.pattern))
 
-    # -- consumer API ----------------------------------------------------------------------
-
-    async def get(self) -> Envelope:
-        """The next event; waits for one. See the class docstring for how the end shows."""
-        event = await self._next()
-        if event is None:
-            raise renew(self._reason or unsubscribed(self.pattern))
-        return event
+    # -- consumer API (and :meth:`get`, ``async for`` from :class:`Feed`) ------------------
 
     def get_nowait(self) -> Envelope | None:
         """The next buffered event, or ``None`` if the buffer is empty (the end is not raised)."""
@@ -254,38 +226,10 @@ class Subscription:
         same client holds the same pattern. Idempotent; buffered events can still be read."""
         await self._owner._release(self)
 
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> Envelope:
-        event = await self._next()
-        if event is None:
-            raise StopAsyncIteration
-        return event
-
-    async def _next(self) -> Envelope | None:
-        """The next event, ``None`` after a requested end; raises the failure of a failed one."""
-        while True:
-            if self._buffer:
-                return self._buffer.popleft()
-            if self._ended:
-                if self._error is not None:
-                    raise renew(self._error)
-                return None
-            self._ready.clear()
-            await self._ready.wait()
-
     def __repr__(self) -> str:
         state = "active" if self.active else "ended"
         where = "" if self.position is None else f" at {self.position.epoch}:{self.position.seq}"
         return f"<Subscription {self.pattern!r} {state}{where} pending={self.pending}>"
-
-
-def renew(error: EndError) -> EndError:
-    """A fresh copy of ``error``, so each raise gets its own traceback."""
-    if isinstance(error, ConnectionClosed):
-        return ConnectionClosed(error.message, close_code=error.close_code)
-    return ClientError(error.message, code=error.code)
 
 
 def unsubscribed(pattern: str) -> ClientError:

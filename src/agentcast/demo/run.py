@@ -15,6 +15,7 @@ import sys
 import time
 
 from agentcast.config import ServerConfig
+from agentcast.dashboard import dashboard_url
 from agentcast.demo.stats import NodeSampler, Snapshot, Summary
 from agentcast.demo.view import Banner, LiveView, PlainView, View, summary_lines
 from agentcast.demo.workload import Workload, wait_any, wait_event
@@ -130,6 +131,7 @@ async def _demo(
         banner = Banner(node.node_id, node.ws_url, node.http_url)
         for line in banner.lines():
             print(line, flush=True)
+        print(f"  dashboard  {dashboard_url(node.http_url, node.ws_url)}", flush=True)
         workload = Workload(node.ws_url, sessions=sessions, agents=agents, rate=rate, stop=stop)
         sampler = NodeSampler(node.hub, workload.start)
         code = await _drive(workload, sampler, banner, duration=duration, live=live)

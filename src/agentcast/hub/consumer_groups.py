@@ -198,6 +198,8 @@ class GroupManager:
             return runner
         member = runner.group.add_member(conn)
         conn.groups[key] = member
+        if self.hub.cluster is not None:
+            self.hub.cluster.interest_up(topic)
         runner.poke()
         return runner
 
@@ -235,6 +237,8 @@ class GroupManager:
         runner = self.runners.get(key)
         if member is None or runner is None:
             return False
+        if self.hub.cluster is not None:
+            self.hub.cluster.interest_down(key[0])
         runner.group.remove_member(member, self.hub.clock())
         if not runner.group.members:
             runner.cancel_save()

@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 
 from agentcast.errors import NotSubscribed, PayloadTooLarge, TooManySubscriptions
+from agentcast.hub.cluster import ClusterLink
 from agentcast.hub.config import HubConfig
 from agentcast.hub.connection import Connection, Sink, Subscription
 from agentcast.hub.consumer_groups import GroupManager
@@ -112,6 +113,7 @@ class Hub:
         self.durable_log: DurableLog | None = None
         self.groups: GroupManager | None = None
         self.observer: Callable[[str, bytes], None] | None = None
+        self.cluster: ClusterLink | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self._call_soon = call_soon
         self._ids = count(1)
@@ -171,6 +173,8 @@ class Hub:
         conn.auth.release()
         for sub in conn.subscriptions.values():
             self.index.remove(sub)
+            if self.cluster is not None:
+                self.cluster.interest_down(sub.pattern)
         conn.subscriptions.clear()
         self.stats.connections_closed += 1
         callbacks, conn.drained = conn.drained, []
@@ -243,6 +247,8 @@ class Hub:
         sub = Subscription(conn, pattern, policy or self.config.default_policy, key_header, order)
         conn.subscriptions[pattern] = sub
         self.index.add(sub)
+        if existing is None and self.cluster is not None:
+            self.cluster.interest_up(pattern)
         return sub
 
     def unsubscribe(self, conn: Connection, pattern: str) -> None:
@@ -251,6 +257,8 @@ class Hub:
         if sub is None:
             raise NotSubscribed(f"not subscribed to {pattern!r}")
         self.index.remove(sub)
+        if self.cluster is not None:
+            self.cluster.interest_down(pattern)
 
     # -- publishing --------------------------------------------------------------------
 
@@ -282,7 +290,7 @@ class Hub:
         payload = self._encode_payload(cmd)
         key = None
         if cmd.idempotency_key is not None:
-            key = f"{tenant_of(cmd.topic)}\x00{cmd.idempotency_key}"
+            key = f"{tenant_of(cmd.topic)}/{cmd.idempotency_key}"
         draft = EventDraft(
             new_event_id(),
             cmd.topic,
@@ -300,12 +308,21 @@ class Hub:
     def _fan_out_stored(self, event: StoredEvent) -> None:
         self.stats.publishes += 1
         envelope = event.envelope_json()
+        if self.cluster is not None:
+            self.cluster.committed(event.topic, event.seq, envelope, event.headers)
+        else:
+            self.deliver_envelope(event.topic, envelope, event.headers, event.seq, durable=True)
+
+    def deliver_envelope(
+        self, topic: str, envelope: bytes, headers: dict[str, str], seq: int, *, durable: bool
+    ) -> None:
+        """Fan out an encoded envelope to this node's subscribers (and wake the topic's
+        consumer groups if it is durable). Local publishes and the cluster link use it."""
         if self.observer is not None:
-            self.observer(event.topic, envelope)
-        frame = ws_text_frame(event_message(envelope))
-        self._fan_out(event.topic, frame, event.headers, event.seq)
-        if self.groups is not None:
-            self.groups.appended(event.topic, event.seq)
+            self.observer(topic, envelope)
+        self._fan_out(topic, ws_text_frame(event_message(envelope)), headers, seq)
+        if durable and self.groups is not None:
+            self.groups.appended(topic, seq)
 
     def publish(self, cmd: Publish, source: str) -> PublishResult:
         """Sequence, encode once and fan out one ephemeral event; see the module contract.
@@ -314,7 +331,7 @@ class Hub:
         """
         dedupe_key = None
         if cmd.idempotency_key is not None:
-            dedupe_key = f"{tenant_of(cmd.topic)}\x00{cmd.idempotency_key}"
+            dedupe_key = f"{tenant_of(cmd.topic)}/{cmd.idempotency_key}"
             seen = self.dedupe.get(dedupe_key)
             if seen is not None:
                 self.stats.duplicates += 1
@@ -344,9 +361,9 @@ class Hub:
         if dedupe_key is not None:
             self.dedupe.put(dedupe_key, result)
         self.stats.publishes += 1
-        if self.observer is not None:
-            self.observer(cmd.topic, envelope)
-        self._fan_out(cmd.topic, ws_text_frame(event_message(envelope)), cmd.headers, seq)
+        self.deliver_envelope(cmd.topic, envelope, cmd.headers, seq, durable=False)
+        if self.cluster is not None:
+            self.cluster.published(cmd.topic, envelope)
         return result
 
     def _fan_out(self, topic: str, frame: bytes, headers: dict[str, str], seq: int) -> None:

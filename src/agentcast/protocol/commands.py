@@ -162,6 +162,8 @@ def _opt_str(obj: dict[str, Any], name: str, limit: int = MAX_NAME_LENGTH) -> st
         raise ProtocolError(f"'{name}' must be a string")
     if len(value) > limit:
         raise ProtocolError(f"'{name}' is longer than {limit} characters")
+    if "\x00" in value:
+        raise ProtocolError(f"'{name}' must not contain NUL characters")
     return value
 
 
@@ -186,6 +188,8 @@ def parse_headers(value: Any) -> dict[str, str]:
             raise ProtocolError(f"header names are 1-{MAX_HEADER_NAME} characters")
         if len(item) > MAX_HEADER_VALUE:
             raise ProtocolError(f"header {name!r} is longer than {MAX_HEADER_VALUE} characters")
+        if "\x00" in name or "\x00" in item:
+            raise ProtocolError("header names and values must not contain NUL characters")
     return value
 
 

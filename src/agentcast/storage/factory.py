@@ -34,9 +34,14 @@ def open_history_store(url: str, *, dedupe_window: float) -> HistoryStore:
         return _sqlite(url, dedupe_window)
     if scheme in ("postgresql", "postgres"):
         return _postgres(url, dedupe_window)
+    if scheme == "nats":
+        return _nats(url, dedupe_window)
+    if scheme in ("redis", "rediss"):
+        return _redis(url, dedupe_window)
     raise ConfigError(
         f"history store URL {url!r} is not supported: use 'memory', "
-        "'sqlite:///relative/path.db', 'sqlite:////absolute/path.db' or 'postgresql://...'"
+        "'sqlite:///relative/path.db', 'sqlite:////absolute/path.db', 'postgresql://...' "
+        "or 'redis://...'"
     )
 
 
@@ -106,11 +111,52 @@ def _postgres(url: str, dedupe_window: float) -> HistoryStore:
         raise ConfigError(f"history store URL {url!r}: {exc}") from None
 
 
+def _redis(url: str, dedupe_window: float) -> HistoryStore:
+    from agentcast.storage.redis_store import RedisHistoryStore
+
+    parts = urlsplit(url)
+    if not url.lower().startswith(("redis://", "rediss://")):
+        raise ConfigError(f"history store URL {url!r}: write 'redis://host:port/db'")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [value for name, value in query if name == "prefix"]
+    rest = [(name, value) for name, value in query if name != "prefix"]
+    client_url = urlunsplit(parts._replace(query=urlencode(rest)))
+    try:
+        if prefixes:
+            return RedisHistoryStore(client_url, dedupe_window=dedupe_window, prefix=prefixes[-1])
+        return RedisHistoryStore(client_url, dedupe_window=dedupe_window)
+    except ValueError as exc:
+        raise ConfigError(f"history store URL {url!r}: {exc}") from None
+
+
+def _nats(url: str, dedupe_window: float) -> HistoryStore:
+    from agentcast.storage.nats_store import NatsHistoryStore
+
+    parts = urlsplit(url)
+    if not url.lower().startswith("nats://") or not parts.netloc:
+        raise ConfigError(f"history store URL {url!r}: write 'nats://host:4222?stream=NAME'")
+    options = _options(url, parts.query, {"stream", "replicas"})
+    replicas = options.get("replicas", "1")
+    if not replicas.isdigit() or int(replicas) < 1:
+        raise ConfigError(f"history store URL {url!r}: replicas must be >= 1")
+    servers = urlunsplit(parts._replace(query="", fragment=""))
+    try:
+        return NatsHistoryStore(
+            servers,
+            dedupe_window=dedupe_window,
+            stream=options.get("stream", "AGENTCAST"),
+            replicas=int(replicas),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"history store URL {url!r}: {exc}") from None
+
+
 def consumer_store_for(history: HistoryStore) -> ConsumerStore:
     """The consumer-group progress store that lives beside ``history`` (same file or
     database; memory for a memory history, since progress past a lost history means
     nothing)."""
     from agentcast.storage.postgres import PostgresHistoryStore
+    from agentcast.storage.redis_store import RedisHistoryStore
     from agentcast.storage.sqlite import SqliteHistoryStore
 
     if isinstance(history, SqliteHistoryStore):
@@ -121,4 +167,8 @@ def consumer_store_for(history: HistoryStore) -> ConsumerStore:
         from agentcast.storage.postgres_consumers import PostgresConsumerStore
 
         return PostgresConsumerStore(history.dsn, history.schema)
+    if isinstance(history, RedisHistoryStore):
+        from agentcast.storage.redis_consumers import RedisConsumerStore
+
+        return RedisConsumerStore(history.url, history.prefix)
     return MemoryConsumerStore()

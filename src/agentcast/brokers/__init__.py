@@ -1,0 +1,1 @@
+"""Brokers: the existing distributed engines that link agentcast nodes."""
