@@ -611,7 +611,7 @@ def test_factory_builds_the_store_a_url_names(url: str, kind: type, detail: obje
     "url",
     [
         "",
-        "redis://127.0.0.1",
+        "redis://127.0.0.1?prefix=a:b",
         "memory://somewhere",
         "memory://?size=3",
         "sqlite://",

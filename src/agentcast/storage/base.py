@@ -112,7 +112,8 @@ class TopicPosition:
 
 
 class HistoryStore(Protocol):
-    """Durable, ordered per-topic history. Implementations: memory, SQLite, PostgreSQL.
+    """Durable, ordered per-topic history. Implementations: memory, SQLite, PostgreSQL, Redis,
+    NATS JetStream.
 
     All methods are coroutines and may be called concurrently from one event loop; each
     :meth:`append` call is atomic (all drafts stored or none) and is durable when it returns
