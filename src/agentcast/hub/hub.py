@@ -46,7 +46,7 @@ from agentcast.hub.stats import HubStats
 from agentcast.hub.topic_index import TopicIndex
 from agentcast.protocol.codes import CloseCode
 from agentcast.protocol.commands import Policy, Publish
-from agentcast.protocol.envelope import new_event_id, rfc3339_now
+from agentcast.protocol.envelope import encode_envelope, new_event_id, rfc3339_now
 from agentcast.protocol.frames import event_message, ws_text_frame
 from agentcast.protocol.topics import tenant_of
 from agentcast.security.guard import ConnectionAuth, Security
@@ -342,20 +342,18 @@ class Hub:
         epoch, seq = self.sequencer.next(cmd.topic)
         lamport = self.lamport.tick(cmd.lamport)
         event_id = new_event_id()
-        envelope = orjson.dumps(
-            {
-                "id": event_id,
-                "topic": cmd.topic,
-                "seq": seq,
-                "epoch": epoch,
-                "time": rfc3339_now(),
-                "source": source,
-                "correlation_id": cmd.correlation_id,
-                "causation_id": cmd.causation_id,
-                "lamport": lamport,
-                "headers": cmd.headers,
-                "payload": orjson.Fragment(payload),
-            }
+        envelope = encode_envelope(
+            event_id,
+            cmd.topic,
+            seq,
+            epoch,
+            rfc3339_now(),
+            source,
+            cmd.correlation_id,
+            cmd.causation_id,
+            lamport,
+            cmd.headers,
+            payload,
         )
         result = PublishResult(event_id, cmd.topic, seq, epoch, lamport)
         if dedupe_key is not None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import uuid_utils
 
 JSON = Any
@@ -96,6 +97,38 @@ class Envelope:
             causation_id=data.get("causation_id"),
             lamport=int(data.get("lamport") or 0),
         )
+
+
+def encode_envelope(
+    event_id: str,
+    topic: str,
+    seq: int,
+    epoch: str,
+    time: str,
+    source: str,
+    correlation_id: str | None,
+    causation_id: str | None,
+    lamport: int,
+    headers: dict[str, str],
+    payload_json: bytes,
+) -> bytes:
+    """The wire JSON of an envelope (field order as documented) around an already-encoded
+    payload, which is spliced in without being parsed again."""
+    return orjson.dumps(
+        {
+            "id": event_id,
+            "topic": topic,
+            "seq": seq,
+            "epoch": epoch,
+            "time": time,
+            "source": source,
+            "correlation_id": correlation_id,
+            "causation_id": causation_id,
+            "lamport": lamport,
+            "headers": headers,
+            "payload": orjson.Fragment(payload_json),
+        }
+    )
 
 
 def to_cloudevent(envelope: Envelope) -> dict[str, JSON]:

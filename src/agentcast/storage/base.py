@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import orjson
+from agentcast.protocol.envelope import encode_envelope
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,21 +75,19 @@ class StoredEvent:
         )
 
     def envelope_json(self) -> bytes:
-        """The envelope of protocol v1, encoded (field order as on the wire)."""
-        return orjson.dumps(
-            {
-                "id": self.id,
-                "topic": self.topic,
-                "seq": self.seq,
-                "epoch": self.epoch,
-                "time": self.time,
-                "source": self.source,
-                "correlation_id": self.correlation_id,
-                "causation_id": self.causation_id,
-                "lamport": self.lamport,
-                "headers": self.headers,
-                "payload": orjson.Fragment(self.payload),
-            }
+        """The envelope of protocol v1, encoded."""
+        return encode_envelope(
+            self.id,
+            self.topic,
+            self.seq,
+            self.epoch,
+            self.time,
+            self.source,
+            self.correlation_id,
+            self.causation_id,
+            self.lamport,
+            self.headers,
+            self.payload,
         )
 
 
