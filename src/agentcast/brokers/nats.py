@@ -10,7 +10,7 @@ the connection is opened with ``no_echo`` and a node still drops anything carryi
 origin.
 
 Order: nats-py hands each subscription's messages to its own task, which would reorder a
-publisher's events across two overlapping subscriptions. :class:`_WireOrderClient`
+publisher's events across two overlapping subscriptions. :class:`_BrokerClient`
 dispatches every message straight from the connection's reader instead, so a node sees
 messages in the order the server sent them (FIFO per publishing node).
 
@@ -30,11 +30,12 @@ import contextlib
 import logging
 import re
 from collections import deque
-from typing import Protocol
+from collections.abc import Callable
 
 from nats import errors as nats_errors
-from nats.aio.client import Client
+from nats.aio.client import Client, Srv
 from nats.aio.subscription import Subscription
+from nats.aio.transport import TcpTransport
 
 from agentcast.brokers.base import BrokerHandler, decode_frame, encode_frame
 
@@ -49,22 +50,32 @@ RECHECK_SECONDS = 1.0
 RECONNECT_WAIT_SECONDS = 1
 """Pause between two connection attempts to the same server."""
 CONNECT_TIMEOUT_SECONDS = 2
+START_TIMEOUT_SECONDS = 5.0
+"""How long :meth:`NatsBroker.start` keeps trying to reach NATS before it gives up."""
 PING_INTERVAL_SECONDS = 5
 """With two unanswered pings allowed, a silent (not closed) connection is noticed in ~15 s."""
 
 _TOKEN_RE = re.compile(r"[^\s.*>]+")
 
 
-class _MessageSink(Protocol):
-    def __call__(self, subject: bytes, data: bytes) -> None: ...
+class _BrokerClient(Client):
+    """The nats-py client with two changes.
 
+    * Every message of a live subscription goes to ``sink`` synchronously, in the order
+      the server sent it (nats-py's own delivery runs one task per subscription, which
+      reorders messages across overlapping subscriptions).
+    * Each connection attempt first closes the socket of the previous one: nats-py
+      otherwise abandons it, still open, when a reconnection attempt fails after the TCP
+      connection was made (e.g. the server closes it during the handshake).
+    """
 
-class _WireOrderClient(Client):
-    """A nats-py client that hands every message of a live subscription to ``sink``
-    synchronously, in the order the server sent them (nats-py's own delivery runs one task
-    per subscription, which reorders messages across overlapping subscriptions)."""
+    sink: Callable[[bytes, bytes], None] | None = None
+    """Called with each message's subject and data."""
 
-    sink: _MessageSink | None = None
+    async def _connect_to_server(self, s: Srv) -> None:
+        if isinstance(self._transport, TcpTransport):
+            self._transport.close()  # type: ignore[no-untyped-call]
+        await super()._connect_to_server(s)
 
     async def _process_msg(
         self,
@@ -100,7 +111,7 @@ class NatsBroker:
         self.dropped = 0
         """Messages lost: dropped from a full queue, or refused by NATS (bad subject, too big)."""
         self._handler: BrokerHandler | None = None
-        self._nc: _WireOrderClient | None = None
+        self._nc: _BrokerClient | None = None
         self._queue: deque[tuple[str, bytes]] = deque()
         self._wakeup = asyncio.Event()
         self._interests: set[str] = set()
@@ -122,13 +133,13 @@ class NatsBroker:
         """Connect, subscribe to this node's direct messages and to heartbeats, and start
         the writer and interest tasks. Raises ``ValueError`` for a node id that is not a
         plain NATS token, and a nats-py error or ``OSError`` if NATS is unreachable."""
-        if not _TOKEN_RE.fullmatch(node_id) or "\n" in node_id:
+        if not _TOKEN_RE.fullmatch(node_id):
             raise ValueError(f"node id {node_id!r} cannot be a NATS subject token")
         self.node_id = node_id
         self._handler = handler
-        nc = _WireOrderClient()
+        nc = _BrokerClient()
         nc.sink = self._dispatch
-        await nc.connect(
+        connect = nc.connect(
             self.url,
             name=f"agentcast-{node_id}",
             no_echo=True,
@@ -142,7 +153,12 @@ class NatsBroker:
             reconnected_cb=self._on_reconnected,
             closed_cb=self._on_closed,
         )
-        self._nc = nc
+        try:
+            # nats-py retries a first connection like a reconnection (forever here).
+            await asyncio.wait_for(connect, START_TIMEOUT_SECONDS)
+        except TimeoutError:
+            await nc.close()
+            raise ConnectionError(f"NATS at {self.url} unreachable: {nc.last_error!r}") from None
         try:
             await nc.subscribe(self._node_subject(node_id))
             await nc.subscribe(self._heartbeat_subject)
@@ -150,6 +166,7 @@ class NatsBroker:
         except BaseException:
             await nc.close()
             raise
+        self._nc = nc
         self._set_health(True)
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="agentcast-nats-writer"),
@@ -318,6 +335,10 @@ class NatsBroker:
         self._wakeup.set()
 
     async def _on_closed(self) -> None:
+        if not self._closing and self._nc is not None:
+            # nats-py only gives up on a connection the server refused for good (e.g. an
+            # authorization violation); nothing more will be sent or received.
+            log.error("NATS connection closed for good: %r", self._nc and self._nc.last_error)
         self._set_health(False)
 
     def _set_health(self, healthy: bool) -> None:
