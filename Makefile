@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo serve test lint typecheck unit bench clean
+.PHONY: demo serve test lint typecheck unit jstest bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "agentcast needs Python 3.11 or newer")'
@@ -31,7 +31,17 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest --cov=agentcast --cov-report=term:skip-covered $(PYTEST_ARGS)
 
-test: lint typecheck unit
+JS := clients/js
+
+$(JS)/node_modules/.installed: $(JS)/package.json $(JS)/package-lock.json
+	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+jstest: $(STAMP) $(JS)/node_modules/.installed
+	cd $(JS) && AGENTCAST_PYTHON=$(abspath $(BIN))/python npm test --silent
+	cd $(JS) && npx --no-install tsc -p tsconfig.json
+
+test: lint typecheck unit jstest
 
 bench: $(STAMP)
 	$(BIN)/agentcast bench fanout --subscribers 1000 --messages 200 --size 64 --json

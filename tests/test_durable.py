@@ -247,3 +247,63 @@ async def test_overloaded_durable_publish_is_refused_with_its_command_id(dnode: 
     assert reply["ok"] is False and reply["error"]["code"] == "overloaded"
     dnode.hub.durable_log.max_pending = 10
     assert (await pub.call("publish", topic="acme.durable.o", payload=1))["ok"]
+
+
+async def test_switch_from_replay_to_live_respects_small_queues(tmp_path: Path) -> None:
+    """Many live events parked during a replay reach a client with a small queue bound,
+    without a slow-consumer close and without a gap."""
+    from agentcast.hub.config import HubConfig
+
+    config = ServerConfig(
+        port=0,
+        http_port=0,
+        history="memory",
+        durable=RULES,
+        hub=HubConfig(max_queue_messages=50, replay_page=20),
+    )
+    async with Node(config) as node:
+        pub = await RawClient.open(node.ws_url)
+        epoch = (await publish_n(pub, "acme.durable.s", 500))[0]["epoch"]
+        sub = await RawClient.open(node.ws_url)
+        await sub.send(
+            id="s", cmd="subscribe", topic="acme.durable.s", since={"epoch": epoch, "seq": 0}
+        )
+        publisher = asyncio.ensure_future(publish_n(pub, "acme.durable.s", 500, start=500))
+        received = [(await sub.next_event())["seq"] for _ in range(1000)]
+        await publisher
+        assert received == list(range(1, 1001))
+
+
+async def test_unsubscribe_during_a_replay_stops_it(dnode: Node) -> None:
+    pub = await RawClient.open(dnode.ws_url)
+    epoch = (await publish_n(pub, "acme.durable.u", 3_000))[0]["epoch"]
+    sub = await RawClient.open(dnode.ws_url)
+    await sub.send(
+        id="s", cmd="subscribe", topic="acme.durable.u", since={"epoch": epoch, "seq": 0}
+    )
+    reply = await sub.call("unsubscribe", topic="acme.durable.u")
+    assert reply["ok"]
+    marker = await sub.call("ping")
+    assert marker["ok"]
+    assert len(sub.pending_events) < 3_000, "the replay stopped with its subscription"
+    await publish_n(pub, "acme.durable.u", 1, start=3_000)
+    other = await sub.call("subscribe", topic="acme.other")
+    assert other["ok"]
+    left = len(sub.pending_events)
+    # Nothing of the unsubscribed topic arrives any more (the ping reply proves the order).
+    assert (await sub.call("ping"))["ok"] and len(sub.pending_events) == left
+
+
+async def test_overlapping_wildcard_and_resume_deliver_each_position_once(dnode: Node) -> None:
+    pub = await RawClient.open(dnode.ws_url)
+    epoch = (await publish_n(pub, "acme.durable.w", 200))[0]["epoch"]
+    sub = await RawClient.open(dnode.ws_url)
+    assert (await sub.call("subscribe", topic="acme.durable.>"))["ok"]
+    await sub.send(
+        id="s", cmd="subscribe", topic="acme.durable.w", since={"epoch": epoch, "seq": 100}
+    )
+    publisher = asyncio.ensure_future(publish_n(pub, "acme.durable.w", 100, start=200))
+    seqs = [(await sub.next_event())["seq"] for _ in range(200)]
+    await publisher
+    assert sorted(seqs) == seqs and len(set(seqs)) == 200
+    assert seqs == list(range(101, 301))

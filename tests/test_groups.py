@@ -117,3 +117,29 @@ def test_caught_up_until_a_new_event_is_appended() -> None:
     assert group.wants_events() == 0
     group.notify_appended(1)
     assert group.wants_events() > 0
+
+
+def test_positions_trimmed_before_they_were_read_count_as_done() -> None:
+    group = ConsumerGroup("acme.jobs", "g", GroupSettings(max_in_flight=10))
+    m = group.add_member("m")
+    group.add_events(events(2))
+    group.assign(0)
+    group.add_events(events(3, start=300))  # 3..299 were removed by retention
+    group.assign(0)
+    for seq in (1, 2, 300, 301, 302):
+        assert group.ack(m, seq)
+    assert group.floor == 302 and not group.done_above
+
+
+def test_a_failed_dead_letter_is_retried() -> None:
+    group = ConsumerGroup("acme.jobs", "g", GroupSettings(max_deliver=1, ack_timeout=1))
+    group.add_member("m")
+    group.add_events(events(1))
+    group.assign(0)
+    group.expire(1)
+    _, dead = group.assign(1)
+    assert len(dead) == 1
+    group.retry_dead_letter(dead[0], 5)
+    assert group.assign(4) == ([], [])
+    _, again = group.assign(5)
+    assert [d.delivery.event.seq for d in again] == [1]

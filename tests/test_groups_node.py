@@ -179,3 +179,26 @@ async def check_floor_survives_restart(cfg: ServerConfig) -> None:
         assert result["floor"] == 6
         again = sorted([(await next_delivery(worker))["event"]["seq"] for _ in range(4)])
         assert again == [7, 8, 9, 10]
+
+
+async def test_joining_twice_at_once_makes_one_member(tmp_path: Path) -> None:
+    async with Node(config(f"sqlite:///{tmp_path}/h.db")) as node:
+        pub = await RawClient.open(node.ws_url)
+        await publish(pub, 2)
+        worker = await RawClient.open(node.ws_url)
+        for command_id in ("j1", "j2"):
+            await worker.send(id=command_id, cmd="subscribe", topic="acme.jobs", group="workers")
+        assert node.hub is not None and node.hub.groups is not None
+        replies = []
+        while len(replies) < 2:
+            message = await worker.recv()
+            if message["type"] == "reply":
+                replies.append(message)
+            else:
+                worker.pending_events.append(message)
+        assert all(r["ok"] for r in replies)
+        runner = node.hub.groups.runners[("acme.jobs", "workers")]
+        assert len(runner.group.members) == 1
+        for _ in range(2):
+            seq = (await next_delivery(worker))["event"]["seq"]
+            assert (await worker.call("ack", topic="acme.jobs", group="workers", seq=seq))["ok"]

@@ -25,6 +25,7 @@ from agentcast.config import ServerConfig
 from agentcast.hub.cluster import ClusterLink
 from agentcast.hub.durability import DurabilityRules
 from agentcast.hub.hub import Hub
+from agentcast.hub.presence import presence_for
 from agentcast.metrics import make_registry, render
 from agentcast.protocol.codes import CloseCode
 from agentcast.protocol.envelope import rfc3339_at
@@ -97,6 +98,8 @@ class Node:
             )
             await self.broker.start(self.node_id, link)
             self._background.append(asyncio.create_task(link.run(), name="agentcast-cluster"))
+        else:
+            presence_for(hub)  # a single node owns every tenant's presence
         registry = make_registry(hub)
         registry.register(SecurityCollector(security))
         self._ws_server = await start_websocket_server(
@@ -108,7 +111,9 @@ class Node:
             ssl=ssl_context,
         )
         self.ws_port = self._ws_server.sockets[0].getsockname()[1]
-        app = make_http_app(hub, ready=self.is_ready, metrics=lambda: render(registry))
+        app = make_http_app(
+            hub, ready=self.is_ready, metrics=lambda: render(registry), ws_url=lambda: self.ws_url
+        )
         self._http_runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._http_runner.setup()
         site = web.TCPSite(
@@ -169,6 +174,13 @@ class Node:
         if self.hub is not None and self.hub.durable_log is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.hub.durable_log.drain(), self.config.shutdown_grace)
+            # Whatever arrives from now on (HTTP is still open) is refused at once.
+            self.hub.durable_log.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         if self.hub is not None:
             self.hub.close_all(CloseCode.SHUTDOWN, "server shutting down")
             await self._wait_drained(self.config.shutdown_grace)
@@ -187,11 +199,6 @@ class Node:
         if self.consumers is not None:
             await self.consumers.close()
             self.consumers = None
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
         if self._http_runner is not None:
             await self._http_runner.cleanup()
             self._http_runner = None

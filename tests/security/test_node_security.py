@@ -126,6 +126,13 @@ async def test_expired_connection_is_closed_and_refresh_keeps_it_open(snode: Nod
     narrower = token(ttl=3600, caps={"acme.run-1.a": ["subscribe"]})
     reply = await kept.call("refresh", token=narrower)
     assert reply["ok"] and reply["result"]["revoked"] == ["acme.run-1.b"]
+    grouped = await RawClient.open(snode.ws_url, hello=False)
+    assert (await grouped.call("hello", token=token()))["ok"]
+    assert (await grouped.call("subscribe", topic="acme.run-1.log", group="g"))["ok"]
+    reply = await grouped.call("refresh", token=narrower)
+    assert reply["result"]["revoked"] == ["acme.run-1.log#g"]
+    reply = await grouped.call("ack", topic="acme.run-1.log", group="g", seq=1)
+    assert reply["error"]["code"] == "not_in_flight"
     mismatch = await kept.call("refresh", token=token(sub="someone-else"))
     assert mismatch["error"]["code"] == "unauthorized"
     assert await closed_with(short) == 4004

@@ -65,6 +65,7 @@ class Connection:
         "next_order",
         "paused",
         "queue",
+        "recovering",
         "sink",
         "subscriptions",
     )
@@ -94,6 +95,8 @@ class Connection:
         self.next_order = 0
         self.drained: list[Callable[[], None]] = []
         self.groups: dict[tuple[str, str], Member] = {}
+        # exact topic -> its subscription while that one replays history
+        self.recovering: dict[str, Subscription] = {}
 
     @property
     def source(self) -> str:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from agentcast.errors import AgentcastError, NotInFlight
+from agentcast.errors import AgentcastError, NotInFlight, PayloadTooLarge
 from agentcast.hub.groups import ConsumerGroup, DeadLetter, Delivery, GroupSettings, Member
 from agentcast.protocol.commands import Publish
 from agentcast.protocol.frames import ws_text_frame
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 READ_PAGE = 256
 SAVE_DELAY = 0.05
+READ_RETRY = 1.0
+DEAD_LETTER_RETRY = 1.0
 
 
 def group_event_message(group: str, attempt: int, envelope_json: bytes) -> bytes:
@@ -82,7 +84,17 @@ class GroupRunner:
                 if not want:
                     return
                 seen = self.appends
-                events = await history.read(group.topic, group.cursor, min(want, READ_PAGE))
+                try:
+                    events = await history.read(group.topic, group.cursor, min(want, READ_PAGE))
+                except Exception as exc:
+                    log.warning(
+                        "group %s on %s: history read failed (%s); retrying",
+                        group.name,
+                        group.topic,
+                        exc,
+                    )
+                    asyncio.get_running_loop().call_later(READ_RETRY, self.poke)
+                    return
                 if events:
                     if not self.epoch:
                         # The group was created before its topic had an event.
@@ -126,22 +138,35 @@ class GroupRunner:
         )
         source = f"ac://node/{self.hub.node_id}/group/{group.name}"
         try:
-            published = self.hub.publish_any(cmd, source)
+            try:
+                published = self.hub.publish_any(cmd, source)
+            except PayloadTooLarge:
+                # The original payload fills the limit: dead-letter its envelope without it.
+                payload["event"]["payload"] = None
+                payload["payload_omitted"] = True
+                published = self.hub.publish_any(cmd, source)
         except AgentcastError as exc:
-            log.error("dead-lettering %s#%d failed: %s", group.topic, event.seq, exc)
-            self._done(event.seq)
+            self._dead_letter_failed(letter, exc)
             return
         if isinstance(published, asyncio.Future):
-            published.add_done_callback(lambda done: self._dead_lettered(event.seq, done))
+            published.add_done_callback(lambda done: self._dead_lettered(letter, done))
         else:
             self._done(event.seq)
 
-    def _dead_lettered(self, seq: int, done: asyncio.Future[Any]) -> None:
-        if not done.cancelled() and done.exception() is not None:
-            log.error(
-                "dead-letter publish for %s#%d failed: %s", self.group.topic, seq, done.exception()
-            )
-        self._done(seq)
+    def _dead_lettered(self, letter: DeadLetter, done: asyncio.Future[Any]) -> None:
+        if done.cancelled():
+            return
+        exc = done.exception()
+        if exc is not None:
+            self._dead_letter_failed(letter, exc)
+        else:
+            self._done(letter.delivery.event.seq)
+
+    def _dead_letter_failed(self, letter: DeadLetter, exc: BaseException) -> None:
+        """Keep the event and try again later: a dead letter must not be lost either."""
+        seq = letter.delivery.event.seq
+        log.error("dead-lettering %s#%d failed (%s); retrying", self.group.topic, seq, exc)
+        self.group.retry_dead_letter(letter, self.hub.clock() + DEAD_LETTER_RETRY)
 
     def _done(self, seq: int) -> None:
         self.hub.stats.group_dead_letters += 1
@@ -194,7 +219,10 @@ class GroupManager:
         )
         self.runners.setdefault(key, runner)
         self._by_topic.setdefault(topic, {}).setdefault(name, runner)
-        if conn.closed:
+        if conn.closed or key in conn.groups:
+            # Closed during the load, or joined twice at once: no second member.
+            if not runner.group.members:
+                self._retire(key, runner)
             return runner
         member = runner.group.add_member(conn)
         conn.groups[key] = member
@@ -241,17 +269,21 @@ class GroupManager:
             self.hub.cluster.interest_down(key[0])
         runner.group.remove_member(member, self.hub.clock())
         if not runner.group.members:
-            runner.cancel_save()
-            del self.runners[key]
-            by_name = self._by_topic[key[0]]
-            del by_name[key[1]]
-            if not by_name:
-                del self._by_topic[key[0]]
-            self._retired[key] = runner
-            self.hub.spawn(self._final_save(key, runner))
+            self._retire(key, runner)
         else:
             runner.poke()
         return True
+
+    def _retire(self, key: tuple[str, str], runner: GroupRunner) -> None:
+        """Unload a group with no members (its progress is saved)."""
+        runner.cancel_save()
+        self.runners.pop(key, None)
+        by_name = self._by_topic.get(key[0], {})
+        by_name.pop(key[1], None)
+        if not by_name:
+            self._by_topic.pop(key[0], None)
+        self._retired[key] = runner
+        self.hub.spawn(self._final_save(key, runner))
 
     def _member(self, conn: Connection, key: tuple[str, str]) -> tuple[GroupRunner, Member]:
         member = conn.groups.get(key)

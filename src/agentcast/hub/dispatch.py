@@ -20,6 +20,7 @@ from agentcast.errors import (
 from agentcast.hub.connection import Connection, Subscription
 from agentcast.hub.groups import GroupSettings
 from agentcast.hub.hub import PublishResult
+from agentcast.hub.presence import presence_for, presence_topic
 from agentcast.hub.recovery import RecoveryPlan, plan_recovery, run_replay
 from agentcast.protocol.codes import CloseCode
 from agentcast.protocol.commands import (
@@ -30,6 +31,7 @@ from agentcast.protocol.commands import (
     Hello,
     Nack,
     Ping,
+    PresenceQuery,
     Publish,
     Refresh,
     Subscribe,
@@ -65,8 +67,14 @@ def handle_frame(conn: Connection, data: bytes | str) -> None:
     except Exception as exc:
         _send_error(conn, cmd.id, exc)
         return
-    if result is not _NO_REPLY and cmd.id is not None:
-        conn.send_control(ws_text_frame(ok_reply(cmd.id, result)))
+    if result is not _NO_REPLY:
+        _reply_ok(conn, cmd.id, result)
+
+
+def _reply_ok(conn: Connection, command_id: CommandId, result: object) -> None:
+    """Queue a success reply; a command sent without an ``id`` gets none."""
+    if command_id is not None:
+        conn.send_control(ws_text_frame(ok_reply(command_id, result)))
 
 
 def _send_error(conn: Connection, command_id: CommandId, exc: BaseException) -> None:
@@ -128,7 +136,21 @@ def _execute(conn: Connection, cmd: Command) -> object:
         else:
             hub.groups.nack(conn, key, cmd.seq, cmd.delay, cmd.reason)
         return {"topic": cmd.topic, "group": cmd.group, "seq": cmd.seq}
+    if isinstance(cmd, PresenceQuery):
+        conn.auth.check_subscribe(presence_topic(cmd.session))
+        hub.spawn(_presence(conn, cmd))
+        return _NO_REPLY
     raise AssertionError(f"unhandled command {cmd!r}")
+
+
+async def _presence(conn: Connection, cmd: PresenceQuery) -> None:
+    try:
+        result = await presence_for(conn.hub).query(cmd.session)
+    except AgentcastError as exc:
+        _send_error(conn, cmd.id, exc)
+        return
+    if cmd.id is not None:
+        conn.send_control(ws_text_frame(ok_reply(cmd.id, result)))
 
 
 def _group_settings(conn: Connection, cmd: Subscribe) -> GroupSettings:
@@ -149,7 +171,7 @@ async def _join_group(conn: Connection, cmd: Subscribe, settings: GroupSettings)
     groups = conn.hub.groups
     assert groups is not None and cmd.group is not None
     if (cmd.topic, cmd.group) in conn.groups:
-        conn.send_control(ws_text_frame(ok_reply(cmd.id, {"topic": cmd.topic, "group": cmd.group})))
+        _reply_ok(conn, cmd.id, {"topic": cmd.topic, "group": cmd.group})
         return
     try:
         runner = await groups.join(conn, cmd.topic, cmd.group, settings)
@@ -163,20 +185,17 @@ async def _join_group(conn: Connection, cmd: Subscribe, settings: GroupSettings)
         )
         return
     group = runner.group
-    conn.send_control(
-        ws_text_frame(
-            ok_reply(
-                cmd.id,
-                {
-                    "topic": cmd.topic,
-                    "group": cmd.group,
-                    "floor": group.floor,
-                    "ack_timeout": group.settings.ack_timeout,
-                    "max_deliver": group.settings.max_deliver,
-                    "max_in_flight": group.settings.max_in_flight,
-                },
-            )
-        )
+    _reply_ok(
+        conn,
+        cmd.id,
+        {
+            "topic": cmd.topic,
+            "group": cmd.group,
+            "floor": group.floor,
+            "ack_timeout": group.settings.ack_timeout,
+            "max_deliver": group.settings.max_deliver,
+            "max_in_flight": group.settings.max_in_flight,
+        },
     )
 
 
@@ -187,9 +206,8 @@ def _reply_published(
         _send_error(conn, command_id, Unavailable("the node is shutting down"))
     elif (exc := done.exception()) is not None:
         _send_error(conn, command_id, exc)
-    elif ack and command_id is not None:
-        result = PublishResult.from_append(done.result())
-        conn.send_control(ws_text_frame(ok_reply(command_id, result.to_dict())))
+    elif ack:
+        _reply_ok(conn, command_id, PublishResult.from_append(done.result()).to_dict())
 
 
 def _refresh(conn: Connection, cmd: Refresh) -> object:
@@ -202,6 +220,14 @@ def _refresh(conn: Connection, cmd: Refresh) -> object:
         except AgentcastError:
             conn.hub.unsubscribe(conn, pattern)
             revoked.append(pattern)
+    groups = conn.hub.groups
+    for key in list(conn.groups):
+        try:
+            conn.auth.check_subscribe(key[0], history=True)
+        except AgentcastError:
+            if groups is not None:
+                groups.leave(conn, key)
+            revoked.append(f"{key[0]}#{key[1]}")
     return {"expires_at": principal.expires_at, "revoked": revoked}
 
 
@@ -257,6 +283,7 @@ def _subscribe_recovering(conn: Connection, cmd: Subscribe) -> Subscription:
         raise NotDurable(f"{cmd.topic!r} is not a durable topic; it keeps no history")
     sub = hub.subscribe(conn, cmd.topic, cmd.policy, cmd.key_header)
     sub.recovering = []
+    conn.recovering[cmd.topic] = sub
     return sub
 
 
@@ -280,7 +307,7 @@ async def _recover_one(conn: Connection, sub: Subscription, cmd: Subscribe) -> N
     except AgentcastError as exc:
         _send_error(conn, cmd.id, exc)
         return
-    conn.send_control(ws_text_frame(ok_reply(cmd.id, plan.reply())))
+    _reply_ok(conn, cmd.id, plan.reply())
     await run_replay(conn.hub, plan)
 
 
@@ -301,6 +328,8 @@ async def _resume_all(
         else:
             error = outcome if isinstance(outcome, AgentcastError) else Unavailable(str(outcome))
             result["resume"][request.topic] = {"error": error.to_dict()}
-    conn.send_control(ws_text_frame(ok_reply(command_id, result)))
+    _reply_ok(conn, command_id, result)
+    # Each topic replays on its own, so one long history never holds back another
+    # topic's parked live events.
     for plan in plans:
-        await run_replay(conn.hub, plan)
+        conn.hub.spawn(run_replay(conn.hub, plan))

@@ -39,6 +39,7 @@ class DurableLog:
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._closed = False
         self.batches = 0
         self.appended = 0
         self.duplicates = 0
@@ -47,8 +48,21 @@ class DurableLog:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def close(self) -> None:
+        """Refuse new submissions and fail what is still waiting with ``unavailable``
+        (shutdown, after :meth:`drain` had its chance)."""
+        self._closed = True
+        while self._pending:
+            _, future = self._pending.popleft()
+            if not future.done():
+                future.set_exception(Unavailable("the node is shutting down"))
+        self._idle.set()
+
     def submit(self, draft: EventDraft) -> asyncio.Future[AppendResult]:
-        """Queue ``draft`` for the next commit; raises :class:`Overloaded` when full."""
+        """Queue ``draft`` for the next commit; raises :class:`Overloaded` when full and
+        :class:`Unavailable` once closed."""
+        if self._closed:
+            raise Unavailable("the node is shutting down")
         if len(self._pending) >= self.max_pending:
             raise Overloaded(f"{self.max_pending} durable publishes are already pending")
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
@@ -93,6 +107,9 @@ class DurableLog:
                 self.duplicates += 1
             else:
                 self.appended += 1
-                self.on_committed(result.event)
+                try:
+                    self.on_committed(result.event)
+                except Exception:  # the event is stored: its publisher still gets the ack
+                    log.exception("fan-out of %s#%d failed", result.event.topic, result.event.seq)
             if not future.done():
                 future.set_result(result)

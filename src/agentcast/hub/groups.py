@@ -89,6 +89,7 @@ class ConsumerGroup:
         self._retry: list[tuple[float, int]] = []
         self._retrying: dict[int, Delivery] = {}
         self._busy_keys: dict[str, int] = {}
+        self._skipped: dict[int, int] = {}  # first -> last of ranges gone from history
         self._next_member = 0
         self._advance_floor()
 
@@ -126,6 +127,10 @@ class ConsumerGroup:
         for event in events:
             if event.seq <= self.cursor:
                 continue
+            if event.seq > self.cursor + 1:
+                # Retention removed positions this group never read: they are done.
+                self._skipped[self.cursor + 1] = event.seq - 1
+                self._advance_floor()
             self.cursor = event.seq
             if event.seq in self.done_above:
                 continue
@@ -242,6 +247,15 @@ class ConsumerGroup:
             self._schedule_retry(delivery, now)
         return len(expired)
 
+    def retry_dead_letter(self, letter: DeadLetter, when: float) -> None:
+        """A dead-letter publish failed: hold the event and dead-letter it again at
+        ``when`` (its attempts are used up, so :meth:`assign` dead-letters it again)."""
+        delivery = letter.delivery
+        delivery.last_reason = letter.reason
+        if delivery.key is not None:
+            self._busy_keys[delivery.key] = delivery.event.seq
+        self._schedule_retry(delivery, when)
+
     def mark_done(self, seq: int) -> None:
         """Record ``seq`` as finished (acked or dead-lettered) and advance the floor."""
         if seq > self.floor:
@@ -249,9 +263,15 @@ class ConsumerGroup:
             self._advance_floor()
 
     def _advance_floor(self) -> None:
-        while self.floor + 1 in self.done_above:
-            self.floor += 1
-            self.done_above.discard(self.floor)
+        while True:
+            following = self.floor + 1
+            if following in self.done_above:
+                self.floor = following
+                self.done_above.discard(following)
+            elif following in self._skipped:
+                self.floor = self._skipped.pop(following)
+            else:
+                return
 
     def _schedule_retry(self, delivery: Delivery, when: float) -> None:
         seq = delivery.event.seq

@@ -242,6 +242,8 @@ class Hub:
             )
         if existing is not None:
             self.index.remove(existing)
+            if conn.recovering.get(pattern) is existing:
+                del conn.recovering[pattern]
         order = existing.order if existing is not None else conn.next_order
         conn.next_order += existing is None
         sub = Subscription(conn, pattern, policy or self.config.default_policy, key_header, order)
@@ -257,6 +259,8 @@ class Hub:
         if sub is None:
             raise NotSubscribed(f"not subscribed to {pattern!r}")
         self.index.remove(sub)
+        if conn.recovering.get(pattern) is sub:
+            del conn.recovering[pattern]
         if self.cluster is not None:
             self.cluster.interest_down(pattern)
 
@@ -338,6 +342,8 @@ class Hub:
                 return PublishResult(
                     seen.id, seen.topic, seen.seq, seen.epoch, seen.lamport, duplicate=True
                 )
+        if self.cluster is not None:
+            self.cluster.check_route(cmd.topic)
         payload = self._encode_payload(cmd)
         epoch, seq = self.sequencer.next(cmd.topic)
         lamport = self.lamport.tick(cmd.lamport)
@@ -377,10 +383,14 @@ class Hub:
             if entry is None:
                 key = headers.get(sub.key_header) if sub.policy is Policy.LATEST_PER_KEY else None
                 entry = entries[variant] = Entry(frame, sub.policy, key, now)
-            if sub.recovering is not None:
-                self._park(sub, seq, entry)
-                continue
             conn = sub.owner
+            if conn.recovering:
+                replaying = conn.recovering.get(topic)
+                if replaying is not None:
+                    # Whatever pattern matched, this connection gets the topic from its
+                    # replay, which merges these parked events after the history.
+                    self._park(replaying, seq, Entry(frame, replaying.policy, None, now))
+                    continue
             queue = conn.queue
             dropped_before = queue.dropped
             outcome = queue.push(entry)
@@ -410,23 +420,6 @@ class Hub:
             self.close(sub.owner, CloseCode.SLOW_CONSUMER, "recovery buffer full", flush=False)
             return
         sub.recovering.append((seq, entry))
-
-    def deliver(self, sub: Subscription, entry: Entry) -> None:
-        """Queue one event for ``sub`` now, applying its policy (used after a replay)."""
-        conn = sub.owner
-        if conn.closed:
-            return
-        queue = conn.queue
-        dropped_before = queue.dropped
-        outcome = queue.push(entry)
-        if outcome is PushOutcome.OVERFLOW:
-            self.stats.slow_disconnects += 1
-            self.close(conn, CloseCode.SLOW_CONSUMER, "slow consumer", flush=False)
-            return
-        if outcome is PushOutcome.DROPPED:
-            name = sub.policy.value
-            self.stats.drops[name] = self.stats.drops.get(name, 0) + queue.dropped - dropped_before
-        self.mark_dirty(conn)
 
     # -- writing -----------------------------------------------------------------------
 

@@ -12,12 +12,14 @@ merge is synchronous, so the client sees each position exactly once, in order.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agentcast.errors import PositionLost
 from agentcast.hub.durability import DurableRule, GapPolicy
 from agentcast.hub.outbound import Entry
+from agentcast.protocol.codes import CloseCode
 from agentcast.protocol.commands import Position, Subscribe
 from agentcast.protocol.frames import event_message, ws_text_frame
 from agentcast.storage.base import StoredEvent
@@ -25,6 +27,8 @@ from agentcast.storage.base import StoredEvent
 if TYPE_CHECKING:
     from agentcast.hub.connection import Subscription
     from agentcast.hub.hub import Hub
+
+log = logging.getLogger(__name__)
 
 MAX_SNAPSHOT_EVENTS = 10_000
 
@@ -107,48 +111,88 @@ def _latest_per_key(events: list[StoredEvent], key_header: str) -> list[StoredEv
 
 
 async def run_replay(hub: Hub, plan: RecoveryPlan) -> None:
-    """Send the planned history, then merge the parked live events and go live."""
+    """Send the planned history, then the parked live events, and go live.
+
+    Everything is sent in pages of ``replay_page`` events, each page waiting until the
+    connection drained the previous one; live events keep being parked until the parked
+    list is empty at a synchronous point, where the subscription goes live. The replay
+    stops as soon as the subscription is removed or replaced, or the connection closes. A
+    store failure closes the connection with 4003 so the client resumes elsewhere or later.
+    """
     sub = plan.sub
-    conn = sub.owner
-    cursor = 0
-    for event in plan.events:
-        _push(hub, sub, event)
-        cursor = event.seq
-    if plan.page_from is not None:
-        cursor = max(cursor, plan.page_from)
-        cursor = await _page(hub, sub, cursor)
-    if conn.closed or conn.subscriptions.get(sub.pattern) is not sub:
+    try:
+        cursor = await _send_events(hub, sub, plan.events, 0)
+        if plan.page_from is not None:
+            cursor = await _page(hub, sub, max(cursor, plan.page_from))
+        await _merge_parked(hub, sub, cursor)
+    except _Stopped:
         return
-    parked, sub.recovering = sub.recovering or [], None
-    for seq, entry in parked:
-        if seq > cursor:
-            hub.deliver(sub, entry)
+    except Exception:
+        log.exception("replay of %s failed", sub.pattern)
+        if _current(sub):
+            hub.unsubscribe(sub.owner, sub.pattern)
+        hub.close(sub.owner, CloseCode.SERVER_ERROR, "history replay failed", flush=True)
+
+
+class _Stopped(Exception):
+    """The subscription went away during its replay."""
+
+
+def _current(sub: Subscription) -> bool:
+    conn = sub.owner
+    return not conn.closed and conn.subscriptions.get(sub.pattern) is sub
+
+
+async def _send_events(hub: Hub, sub: Subscription, events: list[StoredEvent], cursor: int) -> int:
+    page_size = hub.config.replay_page
+    for start in range(0, len(events), page_size):
+        for event in events[start : start + page_size]:
+            _push(hub, sub, event)
+            cursor = event.seq
+        await _drained(sub)
+    return cursor
 
 
 async def _page(hub: Hub, sub: Subscription, cursor: int) -> int:
     store = hub.history
     assert store is not None
     page_size = hub.config.replay_page
-    conn = sub.owner
     while True:
         page = await store.read(sub.pattern, cursor, page_size)
-        if conn.closed:
-            return cursor
-        for event in page:
-            _push(hub, sub, event)
-            cursor = event.seq
+        cursor = await _send_events(hub, sub, page, cursor)
         if len(page) < page_size:
             return cursor
         parked = sub.recovering
         if parked and parked[0][0] <= cursor + 1:
             return cursor
+
+
+async def _merge_parked(hub: Hub, sub: Subscription, cursor: int) -> None:
+    """Send the parked live events after ``cursor`` in pages; go live once none is left."""
+    page_size = hub.config.replay_page
+    while True:
+        if not _current(sub):
+            raise _Stopped
+        parked = sub.recovering
+        assert parked is not None
+        if not parked:
+            sub.recovering = None
+            sub.owner.recovering.pop(sub.pattern, None)
+            return
+        page = parked[:page_size]
+        del parked[:page_size]
+        for seq, entry in page:
+            if seq > cursor:
+                sub.owner.queue.push_replay(entry)
+                cursor = seq
+        hub.mark_dirty(sub.owner)
         await _drained(sub)
 
 
 def _push(hub: Hub, sub: Subscription, event: StoredEvent) -> None:
+    if not _current(sub):
+        raise _Stopped
     conn = sub.owner
-    if conn.closed:
-        return
     frame = ws_text_frame(event_message(event.envelope_json()))
     conn.queue.push_replay(Entry(frame, sub.policy, None, hub.clock()))
     hub.mark_dirty(conn)
@@ -163,3 +207,5 @@ async def _drained(sub: Subscription) -> None:
 
     sub.owner.when_drained(done)
     await future
+    if not _current(sub):
+        raise _Stopped

@@ -17,6 +17,7 @@ import orjson
 
 from agentcast.errors import (
     BadJson,
+    InvalidTopic,
     MissingField,
     ProtocolError,
     UnknownCommand,
@@ -140,7 +141,15 @@ class Refresh:
     token: str
 
 
-Command = Hello | Subscribe | Unsubscribe | Publish | Ping | Ack | Nack | Refresh
+@dataclass(slots=True, frozen=True)
+class PresenceQuery:
+    """Who is connected to ``session`` (``<tenant>.<name>``), cluster-wide."""
+
+    id: CommandId
+    session: str
+
+
+Command = Hello | Subscribe | Unsubscribe | Publish | Ping | Ack | Nack | Refresh | PresenceQuery
 
 
 def _command_id(obj: dict[str, Any]) -> CommandId:
@@ -358,6 +367,13 @@ def _ping(cid: CommandId, obj: dict[str, Any]) -> Ping:
     return Ping(cid)
 
 
+def _presence(cid: CommandId, obj: dict[str, Any]) -> PresenceQuery:
+    session = validate_topic(_required(obj, "session"))
+    if session.count(".") != 1:
+        raise InvalidTopic("'session' is two segments: '<tenant>.<session>'")
+    return PresenceQuery(cid, session)
+
+
 _PARSERS: dict[str, Callable[[CommandId, dict[str, Any]], Command]] = {
     "hello": _hello,
     "subscribe": _subscribe,
@@ -367,6 +383,7 @@ _PARSERS: dict[str, Callable[[CommandId, dict[str, Any]], Command]] = {
     "ack": _ack,
     "nack": _nack,
     "refresh": _refresh,
+    "presence": _presence,
 }
 
 

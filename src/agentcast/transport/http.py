@@ -50,9 +50,14 @@ def _security_error(exc: SecurityError) -> web.Response:
 
 
 def make_http_app(
-    hub: Hub, *, ready: Callable[[], bool], metrics: Callable[[], bytes]
+    hub: Hub,
+    *,
+    ready: Callable[[], bool],
+    metrics: Callable[[], bytes],
+    ws_url: Callable[[], str | None] | None = None,
 ) -> web.Application:
-    """The aiohttp application; ``ready`` and ``metrics`` are supplied by the node."""
+    """The aiohttp application; ``ready``, ``metrics`` and ``ws_url`` (where the dashboard
+    page connects) are supplied by the node."""
 
     async def publish(request: web.Request) -> web.Response:
         try:
@@ -105,5 +110,5 @@ def make_http_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
-    add_dashboard_routes(app, hub)
+    add_dashboard_routes(app, hub, ws_url=ws_url)
     return app

@@ -74,7 +74,7 @@ async function liveClient() {
     const tone = state === "connected" ? "ok" : state === "reconnecting" || state === "connecting" ? "warn" : "bad";
     status("ws-status", tone, `${url}: ${state}`);
   });
-  connecting = fresh
+  const opening = fresh
     .connect()
     .then(() => {
       client = fresh;
@@ -83,8 +83,9 @@ async function liveClient() {
     .finally(() => {
       connecting = null;
     });
-  connecting.catch((error) => status("ws-status", "bad", `${url}: ${error.message ?? error}`));
-  return connecting;
+  connecting = opening;
+  opening.catch((error) => status("ws-status", "bad", `${url}: ${error.message ?? error}`));
+  return opening;
 }
 
 /** A fresh connected client (for a replay). */

@@ -117,8 +117,8 @@ export class SequenceDiagram {
     const rowY = (/** @type {number} */ i) => HEAD + 22 + i * ROW;
     const maxChars = Math.max(4, Math.floor((laneWidth - 8) / 6.4));
 
-    /** @type {SVGElement[]} */
     const prefix = this.svg.id || "diagram";
+    /** @type {SVGElement[]} */
     const parts = [defs(prefix)];
     lanes.forEach((name) => {
       const x = /** @type {number} */ (laneX.get(name));
@@ -145,8 +145,9 @@ export class SequenceDiagram {
       let cursor = current;
       for (let hops = 0; cursor && hops < 64; hops++) {
         chain.add(cursor.id);
-        const cause = cursor.causation_id ? index.get(cursor.causation_id) : undefined;
-        cursor = cause === undefined ? undefined : shown[cause];
+        /** @type {number | undefined} */
+        const causeAt = cursor.causation_id ? index.get(cursor.causation_id) : undefined;
+        cursor = causeAt === undefined ? undefined : shown[causeAt];
       }
     }
     // Causation links under the arrows: from where the cause landed to where the effect starts.

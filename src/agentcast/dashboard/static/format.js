@@ -48,7 +48,13 @@ export function s(tag, attrs = {}, children = []) {
  * @param {Array<Node | string | null | undefined | false>} children
  */
 export function fill(node, children) {
-  node.replaceChildren(...children.filter((c) => c !== null && c !== undefined && c !== false).map((c) => (typeof c === "string" ? document.createTextNode(c) : c)));
+  /** @type {Node[]} */
+  const nodes = [];
+  for (const child of children) {
+    if (child === null || child === undefined || child === false) continue;
+    nodes.push(typeof child === "string" ? document.createTextNode(child) : child);
+  }
+  node.replaceChildren(...nodes);
 }
 
 /**
