@@ -59,6 +59,7 @@ class Node:
         self._sockets: set[WebSocketConnection] = set()
         self._background: list[asyncio.Task[None]] = []
         self._tls = False
+        self.drain_requested = asyncio.Event()
         self.history: HistoryStore | None = None
         self.consumers: ConsumerStore | None = None
 
@@ -112,7 +113,11 @@ class Node:
         )
         self.ws_port = self._ws_server.sockets[0].getsockname()[1]
         app = make_http_app(
-            hub, ready=self.is_ready, metrics=lambda: render(registry), ws_url=lambda: self.ws_url
+            hub,
+            ready=self.is_ready,
+            metrics=lambda: render(registry),
+            ws_url=lambda: self.ws_url,
+            drain=self.request_drain,
         )
         self._http_runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._http_runner.setup()
@@ -126,6 +131,12 @@ class Node:
         self._sweeper = asyncio.create_task(self._sweep(), name="agentcast-sweep")
         self.ready = True
         log.info("agentcast node %s ready: %s and %s", self.node_id, self.ws_url, self.http_url)
+
+    def request_drain(self) -> None:
+        """Report not-ready at once and ask whoever runs the node to stop it
+        (:attr:`drain_requested`); ``agentcast serve`` then drains and exits."""
+        self.ready = False
+        self.drain_requested.set()
 
     def is_ready(self) -> bool:
         """Listening, not draining, and (in a cluster) the broker is reachable."""

@@ -23,7 +23,7 @@ from agentcast.errors import (
 from agentcast.hub.hub import Hub, PublishResult
 from agentcast.protocol.commands import parse_publish_fields
 from agentcast.security.capabilities import Operation
-from agentcast.security.errors import SecurityError
+from agentcast.security.errors import Forbidden, SecurityError
 
 MAX_BODY_MARGIN = 64 * 1024
 
@@ -55,9 +55,10 @@ def make_http_app(
     ready: Callable[[], bool],
     metrics: Callable[[], bytes],
     ws_url: Callable[[], str | None] | None = None,
+    drain: Callable[[], None] | None = None,
 ) -> web.Application:
-    """The aiohttp application; ``ready``, ``metrics`` and ``ws_url`` (where the dashboard
-    page connects) are supplied by the node."""
+    """The aiohttp application; ``ready``, ``metrics``, ``ws_url`` (where the dashboard
+    page connects) and ``drain`` (asks the node to drain and exit) come from the node."""
 
     async def publish(request: web.Request) -> web.Response:
         try:
@@ -94,6 +95,20 @@ def make_http_app(
             return _error(503, exc)
         return web.Response(body=orjson.dumps(result.to_dict()), content_type="application/json")
 
+    async def drain_view(request: web.Request) -> web.Response:
+        """``POST /v1/admin/drain``: stop taking connections, move clients elsewhere, exit.
+        Needs an admin API key while authentication is on."""
+        try:
+            principal = hub.security.authenticate_http(request.headers.get("Authorization"))
+            if not principal.admin:
+                raise Forbidden("draining the node needs an admin API key")
+        except SecurityError as exc:
+            return _security_error(exc)
+        if drain is None:
+            return web.Response(status=404)
+        drain()
+        return web.Response(status=202, body=b'{"draining":true}', content_type="application/json")
+
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
@@ -108,6 +123,7 @@ def make_http_app(
     app = web.Application(client_max_size=hub.config.max_payload_bytes + MAX_BODY_MARGIN)
     app.router.add_post("/v1/publish", publish)
     app.router.add_get("/healthz", healthz)
+    app.router.add_post("/v1/admin/drain", drain_view)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
     add_dashboard_routes(app, hub, ws_url=ws_url)
