@@ -79,7 +79,13 @@ def serve(
                     bold=True,
                     err=True,
                 )
-            await stop.wait()
+            waits = [
+                asyncio.ensure_future(stop.wait()),
+                asyncio.ensure_future(node.drain_requested.wait()),
+            ]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for wait in waits:
+                wait.cancel()
             click.echo("draining: closing connections with code 4000 (reconnect)", err=True)
 
     run(serve_until_signal())
@@ -132,6 +138,140 @@ def demo(
 
 
 @main.group()
+def outbox() -> None:
+    """The transactional outbox: create its tables, run a relay (see docs/outbox.md)."""
+
+
+@outbox.command("init")
+@click.option(
+    "--dsn",
+    required=True,
+    envvar="AGENTCAST_OUTBOX_DSN",
+    help="postgresql://...[?schema=NAME] or sqlite:///path.db",
+)
+@click.option(
+    "--partitions",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Partitions keys are hashed into (fixed by the first init).",
+)
+def outbox_init(dsn: str, partitions: int) -> None:
+    """Create the outbox tables (idempotent: running it again changes nothing)."""
+    from agentcast.outbox.command import run_init
+
+    try:
+        run_init(dsn, partitions)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo("outbox ready", err=True)
+
+
+@outbox.command("relay")
+@click.option(
+    "--dsn",
+    required=True,
+    envvar="AGENTCAST_OUTBOX_DSN",
+    help="postgresql://...[?schema=NAME] or sqlite:///path.db",
+)
+@click.option("--node", required=True, help="WebSocket URL of the node, ws://host:port/v1/ws")
+@click.option("--token", default=None, envvar="AGENTCAST_TOKEN", help="Credential for the node.")
+@click.option("--name", default=None, help="Relay id (default host:pid:random).")
+@click.option("--batch-size", type=int, default=500, show_default=True)
+@click.option(
+    "--pipeline",
+    type=int,
+    default=32,
+    show_default=True,
+    help="Publishes in flight per partition (1: wait for each ack).",
+)
+@click.option(
+    "--lease", type=float, default=10.0, show_default=True, help="Partition lease, seconds."
+)
+@click.option(
+    "--poll-interval",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds between polls when no notification arrives.",
+)
+@click.option(
+    "--retention",
+    type=float,
+    default=86400.0,
+    show_default=True,
+    help="Seconds published rows are kept before they are deleted.",
+)
+@click.option("--purge-interval", type=float, default=60.0, show_default=True)
+@click.option(
+    "--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port."
+)
+@click.option("--log-level", default="info", show_default=True)
+def outbox_relay(
+    dsn: str,
+    node: str,
+    token: str | None,
+    name: str | None,
+    batch_size: int,
+    pipeline: int,
+    lease: float,
+    poll_interval: float,
+    retention: float,
+    purge_interval: float,
+    metrics_port: int | None,
+    log_level: str,
+) -> None:
+    """Publish committed outbox rows to a node until SIGINT/SIGTERM."""
+    from agentcast.outbox.command import run_relay
+
+    try:
+        run_relay(
+            dsn,
+            node,
+            name=name,
+            token=token,
+            batch_size=batch_size,
+            pipeline=pipeline,
+            lease=lease,
+            poll_interval=poll_interval,
+            retention=retention,
+            purge_interval=purge_interval,
+            metrics_port=metrics_port,
+            log_level=log_level,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@main.command()
+@click.option(
+    "--http",
+    "http_url",
+    default="http://127.0.0.1:8766",
+    show_default=True,
+    help="The node's HTTP address.",
+)
+@click.option("--key", default=None, help="Admin API key (needed when authentication is on).")
+def drain(http_url: str, key: str | None) -> None:
+    """Ask a running node to drain: it stops accepting, tells every client to reconnect
+    elsewhere (close code 4000) and exits."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{http_url.rstrip('/')}/v1/admin/drain", method="POST")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            click.echo(f"draining {http_url} ({response.status})")
+    except urllib.error.HTTPError as exc:
+        detail = exc.read()[:200].decode(errors="replace")
+        raise click.ClickException(f"{http_url} refused: {exc.code} {detail}") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach {http_url}: {exc}") from None
+
+
+@main.group()
 def bench() -> None:
     """Benchmarks that print JSON (see docs/benchmarks.md)."""
 
@@ -179,6 +319,78 @@ def bench_fanout(
             rate=rate,
             server=server,
             idle=idle,
+            as_json=as_json,
+            output=output,
+        )
+    )
+
+
+@bench.command("outbox")
+@click.option(
+    "--postgres-dsn",
+    "pg_dsn",
+    default="postgresql://postgres@127.0.0.1:5432/test",
+    show_default=True,
+    help="PostgreSQL holding the outbox (a throwaway schema, dropped after).",
+)
+@click.option(
+    "--rate", type=float, default=1000.0, show_default=True, help="Events/s of the latency phase."
+)
+@click.option(
+    "--seconds", type=float, default=10.0, show_default=True, help="Length of the latency phase."
+)
+@click.option(
+    "--messages",
+    type=int,
+    default=50_000,
+    show_default=True,
+    help="Events of the throughput phase.",
+)
+@click.option(
+    "--batch", type=int, default=100, show_default=True, help="Events per writer transaction."
+)
+@click.option("--partitions", type=int, default=16, show_default=True)
+@click.option("--relay-batch", type=int, default=500, show_default=True)
+@click.option(
+    "--pipeline", type=int, default=32, show_default=True, help="Relay publishes in flight."
+)
+@click.option(
+    "--writers", type=int, default=8, show_default=True, help="Concurrent writer connections."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Append the JSON result as one line to this file.",
+)
+def bench_outbox(
+    pg_dsn: str,
+    rate: float,
+    seconds: float,
+    messages: int,
+    batch: int,
+    partitions: int,
+    relay_batch: int,
+    pipeline: int,
+    writers: int,
+    as_json: bool,
+    output: str | None,
+) -> None:
+    """Commit-to-delivered latency and events/s through an outbox relay on PostgreSQL."""
+    from agentcast.outbox.bench import run_outbox_cli
+
+    sys.exit(
+        run_outbox_cli(
+            pg_dsn=pg_dsn,
+            rate=rate,
+            seconds=seconds,
+            messages=messages,
+            batch=batch,
+            partitions=partitions,
+            relay_batch=relay_batch,
+            pipeline=pipeline,
+            writers=writers,
             as_json=as_json,
             output=output,
         )
@@ -267,6 +479,64 @@ def bench_durable(
             resume_events=resume_events,
             timeout=timeout,
             pg_dsn=pg_dsn,
+            as_json=as_json,
+            output=output,
+        )
+    )
+
+
+@bench.command("cluster")
+@click.option(
+    "--broker",
+    type=click.Choice(["redis", "nats"]),
+    required=True,
+    help="The broker linking the nodes (on 127.0.0.1, default port).",
+)
+@click.option("--nodes", type=int, default=3, show_default=True, help="Node processes.")
+@click.option(
+    "--subscribers",
+    type=int,
+    default=3000,
+    show_default=True,
+    help="Subscribers in all, spread evenly over the nodes.",
+)
+@click.option("--messages", type=int, default=200, show_default=True)
+@click.option("--size", type=int, default=64, show_default=True, help="Payload bytes.")
+@click.option(
+    "--rate",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Messages per second (0: burst, as fast as acks allow).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Append the JSON result as one line to this file.",
+)
+def bench_cluster(
+    broker: str,
+    nodes: int,
+    subscribers: int,
+    messages: int,
+    size: int,
+    rate: float,
+    as_json: bool,
+    output: str | None,
+) -> None:
+    """Fan-out over several nodes linked by a broker, against one node."""
+    from agentcast.bench.cluster import run_cluster_cli
+
+    sys.exit(
+        run_cluster_cli(
+            broker=broker,
+            nodes=nodes,
+            subscribers=subscribers,
+            messages=messages,
+            size=size,
+            rate=rate,
             as_json=as_json,
             output=output,
         )

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -319,9 +319,15 @@ async def run_load(plan: LoadPlan) -> dict[str, Any]:
 
 async def run_until_orphaned(plan: LoadPlan) -> int:
     """Run the load, but give up (status 3) if the parent process exits first."""
+    return await report_until_orphaned(run_load(plan))
+
+
+async def report_until_orphaned(work: Coroutine[Any, Any, dict[str, Any]]) -> int:
+    """Run ``work`` and print its result as one JSON line on stdout (status 0); status 2
+    (message on stderr) when it raises :class:`LoadError`, 3 when the parent exits first."""
     orphaned = asyncio.Event()
     watcher = asyncio.create_task(exit_with_parent(orphaned))
-    load = asyncio.create_task(run_load(plan))
+    load = asyncio.create_task(work)
     try:
         await asyncio.wait({watcher, load}, return_when=asyncio.FIRST_COMPLETED)
         if not load.done():

@@ -8,7 +8,9 @@ SIGTERM, SIGINT or the exit of its parent.
   http_port=0)`` on uvloop. With ``--durable PATTERN`` (repeatable) the topics matching
   ``PATTERN`` are durable (keeping ``--max-events`` events each) in the history store at
   ``--history URL``; on SIGUSR1 the node then prints one ``STATS {json}`` line on stdout
-  with its group-commit counters (:func:`durable_stats`).
+  with its group-commit counters (:func:`durable_stats`). With ``--broker URL`` the node
+  joins the cluster of every node started with the same broker URL (``redis://`` or
+  ``nats://``, ``?prefix=`` to keep runs apart).
 * ``naive``: the baseline of :mod:`agentcast.bench.naive_server`, also on uvloop.
 """
 
@@ -19,7 +21,7 @@ import asyncio
 import logging
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 
@@ -48,15 +50,18 @@ class NodeOptions:
     history: str | None = None
     durable: tuple[str, ...] = ()
     max_events: int = DEFAULT_MAX_EVENTS
+    broker: str = ""
 
     def config(self) -> ServerConfig:
-        """The node's configuration: ports 0, and the durable rules and store if any."""
+        """The node's configuration: ports 0, the broker if any, and the durable rules and
+        store if any."""
+        base = ServerConfig(port=0, http_port=0, broker=self.broker)
         if not self.durable:
-            return ServerConfig(port=0, http_port=0)
+            return base
         rules = tuple(DurableRule(pattern, max_events=self.max_events) for pattern in self.durable)
         if self.history is None:
-            return ServerConfig(port=0, http_port=0, durable=rules)
-        return ServerConfig(port=0, http_port=0, durable=rules, history=self.history)
+            return replace(base, durable=rules)
+        return replace(base, durable=rules, history=self.history)
 
 
 def durable_stats(node: Node) -> dict[str, int]:
@@ -132,8 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", default=None, help="history store URL (with --durable)")
     parser.add_argument("--durable", action="append", default=[], help="durable topic pattern")
     parser.add_argument("--max-events", type=int, default=DEFAULT_MAX_EVENTS)
+    parser.add_argument("--broker", default="", help="cluster broker URL (redis:// or nats://)")
     args = parser.parse_args(argv)
-    options = NodeOptions(args.history, tuple(args.durable), max(1, args.max_events))
+    options = NodeOptions(
+        args.history, tuple(args.durable), max(1, args.max_events), broker=args.broker
+    )
     raise_nofile_limit()
     pin_to_cpu(args.cpu)
     setup_logging("warning")
