@@ -475,3 +475,30 @@ def test_backoff_doubles_up_to_the_maximum_with_full_jitter() -> None:
     assert [round(half.next_delay(), 6) for _ in range(3)] == [0.05, 0.1, 0.2]
     bottom = Backoff(0.1, 1.0, uniform=lambda: 0.0)
     assert bottom.next_delay() == 0.0
+
+
+async def test_a_reconnect_refused_with_too_many_connections_is_retried(
+    server: Node, client_factory: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """4429 / too_many_connections means "later" (the old connection may still hold the
+    slot): the client keeps trying instead of ending."""
+    from agentcast.errors import ClientError
+
+    hub = hub_of(server)
+    async with client_factory() as client:
+        real_open = client._open
+        refusals = 0
+
+        async def refuse_twice() -> None:
+            nonlocal refusals
+            if refusals < 2:
+                refusals += 1
+                raise ClientError("limit", code="too_many_connections")
+            await real_open()
+
+        monkeypatch.setattr(client, "_open", refuse_twice)
+        conn = hub.connections[str(client.connection_id)]
+        hub.close(conn, CloseCode.SERVER_ERROR, "drop", flush=False)
+        ack = await client.publish("acme.retry", 1)
+        assert ack is not None and ack.seq == 1
+        assert refusals == 2 and client.reconnects == 1

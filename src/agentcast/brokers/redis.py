@@ -189,7 +189,10 @@ class RedisBroker:
                 continue
             if message is None or message["type"] not in ("message", "pmessage"):
                 continue
-            self._dispatch(message["channel"], message["data"], event_prefix)
+            try:
+                self._dispatch(message["channel"], message["data"], event_prefix)
+            except Exception:  # one bad message must not stop this node's cluster traffic
+                log.exception("handling a broker message failed")
 
     async def _resubscribe(self) -> None:
         with contextlib.suppress(RedisError, OSError):

@@ -88,10 +88,12 @@ class Subscriber:
         return live
 
     async def _unsubscribe(self, command: dict[str, Any]) -> None:
-        """Send ``command`` if the session is established (a connection made later does not
-        restore what is gone); a lost link or ``not_subscribed`` refusal is fine."""
-        link = self._session.established
-        if link is None:
+        """Send ``command`` on the current connection if it is open, established or still
+        restoring (a restore in progress may already have renewed what is being dropped; a
+        connection made later does not restore it); a lost link or ``not_subscribed``
+        refusal is fine."""
+        link = self._session.link
+        if link is None or not link.alive:
             return
         try:
             await link.request(command, self._session.deadline())

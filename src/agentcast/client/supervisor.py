@@ -43,6 +43,8 @@ log = logging.getLogger("agentcast.client")
 
 # Failures of one connection attempt that a later attempt may not hit.
 _RETRYABLE = (OSError, TimeoutError, WebSocketException, LinkLost)
+# Refusals of a reconnect hello that mean "later", not "never" (docs/protocol.md).
+_RETRYABLE_REFUSALS = frozenset({"too_many_connections", "overloaded", "unavailable"})
 
 
 class ConnectionSupervisor:
@@ -192,6 +194,10 @@ class ConnectionSupervisor:
             try:
                 await self._open()
             except ClientError as exc:
+                if exc.code in _RETRYABLE_REFUSALS:
+                    last_error = exc
+                    log.info("agentcast client reconnect attempt %d refused: %s", attempt, exc)
+                    continue
                 self.terminate(
                     ConnectionClosed(
                         f"the node refused the session on reconnect: {exc.message} ({exc.code})",

@@ -53,6 +53,8 @@ log = logging.getLogger("agentcast.client")
 
 GroupHandler = Callable[[Envelope], Awaitable[object]]
 
+MAX_NACK_DELAY = 86_400.0  # the node refuses longer nack delays
+
 
 class Worker:
     """Competing-consumer processing of one group of one durable topic.
@@ -126,7 +128,7 @@ class Worker:
     def retry_delay(self, attempt: int) -> float:
         """The nack delay after a failed ``attempt`` (1-based): exponential, capped."""
         exponent = min(max(attempt - 1, 0), 60)
-        return min(self.retry_max, self.retry_initial * 2.0**exponent)
+        return min(self.retry_max, self.retry_initial * 2.0**exponent, MAX_NACK_DELAY)
 
     def stop(self) -> None:
         """Stop taking deliveries; :meth:`run` returns once running handlers are settled

@@ -310,6 +310,8 @@ class ClusterLink:
         try:
             event = orjson.loads(envelope)
             event_id, seq, headers = event["id"], event["seq"], event.get("headers") or {}
+            if not isinstance(event_id, str) or not isinstance(seq, int):
+                raise TypeError("id must be a string and seq an integer")
         except (orjson.JSONDecodeError, KeyError, TypeError):
             log.warning("dropping a malformed event from node %s", origin)
             return

@@ -26,14 +26,24 @@ class PostgresConsumerStore:
         return f'"{self.schema}".consumer_groups'
 
     async def open(self) -> None:
-        self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2)
-        async with self._pool.acquire() as conn:
-            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {self._table} (topic TEXT NOT NULL, grp TEXT NOT"
-                " NULL, epoch TEXT NOT NULL, floor BIGINT NOT NULL, done BIGINT[] NOT NULL,"
-                " PRIMARY KEY (topic, grp))"
-            )
+        """Create the table if needed; nodes starting together serialise on an advisory
+        lock (concurrent ``CREATE ... IF NOT EXISTS`` can still collide in PostgreSQL)."""
+        pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext($1))", f"agentcast:{self.schema}"
+                )
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self._table} (topic TEXT NOT NULL, grp TEXT"
+                    " NOT NULL, epoch TEXT NOT NULL, floor BIGINT NOT NULL, done BIGINT[] NOT"
+                    " NULL, PRIMARY KEY (topic, grp))"
+                )
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
 
     async def close(self) -> None:
         if self._pool is not None:
