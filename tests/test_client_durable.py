@@ -581,3 +581,21 @@ async def test_the_effect_and_the_id_record_commit_together(tmp_path: Path) -> N
         assert check.execute("SELECT id, amount FROM totals").fetchall() == [("e-1", 7)]
         assert check.execute("SELECT id FROM agentcast_processed").fetchall() == [("e-1",)]
     check.close()
+
+
+async def test_a_last_n_subscription_resumes_from_the_reply_position(
+    dnode: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events published while a `last=N` subscription that has seen nothing yet is
+    disconnected are not lost: it resumes from the node's position at its reply."""
+    topic = "acme.durable.lastn"
+    async with Client(dnode.ws_url, **FAST) as reader, Client(dnode.ws_url, **FAST) as writer:
+        sub = await reader.subscribe(topic, last=5)
+        assert sub.recovered is True and sub.position is not None
+        sessions = Sessions(reader, monkeypatch, hold=True)
+        drop_connection(dnode, reader)
+        await publish_many(writer, topic, range(20))
+        sessions.release()
+        await sessions.wait_for(1)
+        got = [(await next_event(sub)).payload for _ in range(20)]
+        assert got == list(range(20)) and sub.gaps == 0

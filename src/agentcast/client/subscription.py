@@ -188,8 +188,9 @@ class Subscription(Feed[Envelope]):
         ``hello`` resume entry): ``{"recovered", "epoch", "seq"}``.
 
         ``since`` is the position the request resumed from, if any. When it was recovered,
-        the replay continues from it; when it was not, the position becomes the node's
-        current one (the gap policy decided what is sent) and the gap is counted.
+        the replay continues from it (without ``since``, from the node's position at the
+        reply); when it was not, the position becomes the node's current one (the gap
+        policy decided what is sent) and the gap is counted.
         """
         if not isinstance(result, Mapping) or "recovered" not in result:
             return
@@ -200,6 +201,11 @@ class Subscription(Feed[Envelope]):
         if recovered:
             if since is not None:
                 self.advance(since)
+            elif isinstance(seq, int) and not isinstance(seq, bool):
+                # `last`/`since_time`: live events start after the node's position now, so
+                # a reconnect resumes from there even before the first event arrives (an
+                # empty topic has no epoch yet: seq 0 means "nothing seen").
+                self.advance(Position(epoch if isinstance(epoch, str) else "", seq))
             return
         self.gaps += 1
         if isinstance(epoch, str) and isinstance(seq, int) and not isinstance(seq, bool):

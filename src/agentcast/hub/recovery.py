@@ -89,8 +89,11 @@ async def plan_recovery(
 
 
 def _recoverable(since: Position, position: Any) -> bool:
+    if since.seq == 0:
+        # Nothing seen yet: recoverable while the history is complete, whatever the epoch.
+        return position is None or bool(position.first_seq <= 1)
     if position is None:
-        return since.seq == 0
+        return False
     return bool(
         since.epoch == position.epoch and position.first_seq - 1 <= since.seq <= position.last_seq
     )
