@@ -599,3 +599,20 @@ async def test_a_last_n_subscription_resumes_from_the_reply_position(
         await sessions.wait_for(1)
         got = [(await next_event(sub)).payload for _ in range(20)]
         assert got == list(range(20)) and sub.gaps == 0
+
+
+async def test_a_live_subscription_to_a_durable_topic_resumes_before_its_first_event(
+    dnode: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic = "acme.durable.live"
+    async with Client(dnode.ws_url, **FAST) as reader, Client(dnode.ws_url, **FAST) as writer:
+        await publish_many(writer, topic, range(3))  # history the subscription must not get
+        sub = await reader.subscribe(topic)
+        assert sub.recovered is True and sub.position is not None and sub.position.seq == 3
+        sessions = Sessions(reader, monkeypatch, hold=True)
+        drop_connection(dnode, reader)
+        await publish_many(writer, topic, range(3, 23))
+        sessions.release()
+        await sessions.wait_for(1)
+        got = [(await next_event(sub)).payload for _ in range(20)]
+        assert got == list(range(3, 23)) and sub.gaps == 0

@@ -114,7 +114,10 @@ def _execute(conn: Connection, cmd: Command) -> object:
             settings = _group_settings(conn, cmd)
             hub.spawn(_join_group(conn, cmd, settings))
             return _NO_REPLY
-        if cmd.wants_history:
+        if cmd.wants_history or _durable_exact(conn, cmd.topic):
+            # A durable exact topic always goes through the recovery path (with nothing to
+            # replay when no history was asked for), so the reply carries the position the
+            # subscription starts after and a client can resume from it at once.
             sub = _subscribe_recovering(conn, cmd)
             hub.spawn(_recover_one(conn, sub, cmd))
             return _NO_REPLY
@@ -274,6 +277,15 @@ def _hello(conn: Connection, cmd: Hello) -> object:
             result["resume"][topic] = {"error": exc.to_dict()}
     hub.spawn(_resume_all(conn, cmd.id, result, subs))
     return _NO_REPLY
+
+
+def _durable_exact(conn: Connection, topic: str) -> bool:
+    hub = conn.hub
+    return (
+        bool(hub.durability)
+        and not is_pattern(topic)
+        and (hub.durability.rule_for(topic) is not None)
+    )
 
 
 def _subscribe_recovering(conn: Connection, cmd: Subscribe) -> Subscription:
