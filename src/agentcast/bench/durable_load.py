@@ -26,13 +26,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from picows import WSMsgType, WSTransport, ws_connect
 
 from agentcast.bench.durable_clients import (
@@ -45,8 +43,8 @@ from agentcast.bench.durable_clients import (
     publisher_topic,
     resume_frame,
 )
-from agentcast.bench.load import LoadError, Progress, ServerProbe
-from agentcast.bench.process import exit_with_parent, pin_to_cpu, raise_nofile_limit
+from agentcast.bench.load import LoadError, Progress, ServerProbe, report_until_orphaned
+from agentcast.bench.process import pin_to_cpu, raise_nofile_limit
 from agentcast.bench.stats import latency_summary_ms
 from agentcast.runtime import run
 
@@ -353,27 +351,7 @@ async def run_load(plan: DurablePlan) -> dict[str, Any]:
 
 async def run_until_orphaned(plan: DurablePlan) -> int:
     """Run the load, but give up (status 3) if the parent process exits first."""
-    orphaned = asyncio.Event()
-    watcher = asyncio.create_task(exit_with_parent(orphaned))
-    load = asyncio.create_task(run_load(plan))
-    try:
-        await asyncio.wait({watcher, load}, return_when=asyncio.FIRST_COMPLETED)
-        if not load.done():
-            load.cancel()
-            with contextlib.suppress(asyncio.CancelledError, LoadError):
-                await load
-            return 3
-        try:
-            result = load.result()
-        except LoadError as exc:
-            print(f"bench durable load: {exc}", file=sys.stderr, flush=True)
-            return 2
-        sys.stdout.write(orjson.dumps(result).decode() + "\n")
-        sys.stdout.flush()
-        return 0
-    finally:
-        orphaned.set()
-        await watcher
+    return await report_until_orphaned(run_load(plan))
 
 
 def main(argv: list[str] | None = None) -> int:
