@@ -177,7 +177,7 @@ def outbox_init(dsn: str, partitions: int) -> None:
 @click.option("--node", required=True, help="WebSocket URL of the node, ws://host:port/v1/ws")
 @click.option("--token", default=None, envvar="AGENTCAST_TOKEN", help="Credential for the node.")
 @click.option("--name", default=None, help="Relay id (default host:pid:random).")
-@click.option("--batch-size", type=int, default=500, show_default=True)
+@click.option("--batch-size", type=int, default=2000, show_default=True)
 @click.option(
     "--pipeline",
     type=int,
@@ -350,7 +350,7 @@ def bench_fanout(
     "--batch", type=int, default=100, show_default=True, help="Events per writer transaction."
 )
 @click.option("--partitions", type=int, default=16, show_default=True)
-@click.option("--relay-batch", type=int, default=500, show_default=True)
+@click.option("--relay-batch", type=int, default=2000, show_default=True)
 @click.option(
     "--pipeline", type=int, default=32, show_default=True, help="Relay publishes in flight."
 )
