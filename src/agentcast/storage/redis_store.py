@@ -1,7 +1,8 @@
 """A :class:`~agentcast.storage.base.HistoryStore` on Redis 7, shared by a cluster of nodes.
 
 Key layout, for a key prefix ``p`` and a topic ``t`` (the hash tag ``{p:t}`` puts all of a
-topic's keys in one Redis Cluster slot, so each Lua script below touches one slot only):
+topic's keys in one Redis Cluster slot, so each Lua script of
+:mod:`~agentcast.storage.redis_scripts` touches one slot only):
 
 * ``{p:t}:events``: a stream with one entry per retained event; the entry ID is
   ``<seq>-0``, so ``XRANGE`` by seq is exact and ``XTRIM MINID`` trims by seq. Fields: ``d``
@@ -27,13 +28,10 @@ scanned past. Age trimming uses the same search.
 from __future__ import annotations
 
 import asyncio
-import re
-import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
-import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
@@ -41,347 +39,36 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from agentcast.config import ConfigError
 from agentcast.storage.base import AppendResult, EventDraft, StoredEvent, TopicPosition
 from agentcast.storage.memory import new_epoch, retention_cutoff, rfc3339_micros
+from agentcast.storage.redis_admin import (
+    MAX_ROUNDS,
+    PREFIX_PATTERN,
+    check_prefix,
+    check_server,
+    delete_prefix,
+    key_pattern,
+)
+from agentcast.storage.redis_entries import append_results, pack_draft, script_entry, stream_event
+from agentcast.storage.redis_scripts import APPEND_SCRIPT, RESET_SCRIPT, SINCE_SCRIPT, TRIM_SCRIPT
+
+__all__ = [
+    "PREFIX_PATTERN",
+    "RedisHistoryStore",
+    "check_server",
+    "delete_prefix",
+    "key_pattern",
+]
 
 T = TypeVar("T")
 
-PREFIX_PATTERN: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _MAX_SEQ: Final = 2**53  # Lua numbers are doubles: seqs and times stay below this
 _SCAN_BUDGET: Final = 2048
-_MAX_ROUNDS: Final = 100_000
 _MAX_REGISTERED: Final = 100_000
-_SIZES: Final = struct.Struct(">IIII")
-
-_LUA_HELPERS: Final = """
-local function id_of(seq) return string.format('%d-0', seq) end
-local function seq_of(id) return tonumber(string.match(id, '^(%d+)')) end
-local function field(entry, name)
-  local fields = entry[2]
-  for i = 1, #fields, 2 do
-    if fields[i] == name then return fields[i + 1] end
-  end
-  return nil
-end
-local function first_retained(events)
-  local head = redis.call('XRANGE', events, '-', '+', 'COUNT', 1)[1]
-  if head then return seq_of(head[1]) end
-  return nil
-end
--- The lowest seq in [first, last] whose running maximum time 'm' reaches bound (last + 1
--- if none): retained seqs are contiguous and 'm' never decreases along them.
-local function first_reaching(events, first, last, bound)
-  local lo, hi = first, last + 1
-  while lo < hi do
-    local mid = math.floor((lo + hi) / 2)
-    local entry = redis.call('XRANGE', events, id_of(mid), id_of(mid))[1]
-    if not entry then error('agentcast: retained seqs are not contiguous') end
-    if tonumber(field(entry, 'm')) >= bound then hi = mid else lo = mid + 1 end
-  end
-  return lo
-end
-"""
-
-# KEYS: meta, events, keys, expiry. ARGV: now, expires_at, a fresh epoch, the drafts. Each
-# draft is four lengths (4 bytes big-endian each) then the four fields: '' or 'k' .. its
-# idempotency key, metadata JSON, payload, time in microseconds. (One argument, not four per
-# draft: building and parsing thousands of arguments costs more than the script itself.)
-# Returns {epoch, created (1 if the topic had no meta), first new seq, then for each
-# duplicate: its index in the batch (1-based), the original seq, the original entry (0 if
-# trimmed)}; the other drafts got consecutive seqs from the first new seq, in order.
-# Nothing is written before every check has passed except the purge of expired keys, so
-# an error leaves the topic as it was.
-_APPEND: Final = (
-    "#!lua\n"
-    + _LUA_HELPERS
-    + """
-local meta, events, keys, expiry = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local now, batch = tonumber(ARGV[1]), ARGV[4]
-local state = redis.call('HMGET', meta, 'epoch', 'last_seq', 'max_us')
-local epoch, last, max_s = state[1], tonumber(state[2]), state[3]
-local created = 0
-if not epoch then
-  -- A new topic, or one whose meta was lost: whatever is left of it belongs to no epoch.
-  epoch, last, max_s, created = ARGV[3], 0, false, 1
-  redis.call('DEL', events, keys, expiry)
-end
-local max_n = max_s and tonumber(max_s)
-local expired = redis.call('ZRANGEBYSCORE', expiry, '-inf', ARGV[1], 'LIMIT', 0, 100)
-if #expired > 0 then
-  redis.call('ZREM', expiry, unpack(expired))
-  redis.call('HDEL', keys, unpack(expired))
-end
-local pos = 1
-local function size_at(at)
-  local a, b, c, d = string.byte(batch, at, at + 3)
-  return ((a * 256 + b) * 256 + c) * 256 + d
-end
-local function take(size)
-  pos = pos + size
-  return string.sub(batch, pos - size, pos - 1)
-end
-local out = {epoch, created, last + 1}
-local index = 0
-while pos <= #batch do
-  index = index + 1
-  local s1, s2, s3, s4 = size_at(pos), size_at(pos + 4), size_at(pos + 8), size_at(pos + 12)
-  pos = pos + 16
-  local marker, d, p, u = take(s1), take(s2), take(s3), take(s4)
-  local key, original = nil, nil
-  if marker ~= '' then
-    key = string.sub(marker, 2)
-    local expires = redis.call('ZSCORE', expiry, key)
-    if expires and tonumber(expires) > now then original = redis.call('HGET', keys, key) end
-  end
-  if original then
-    local seq = tonumber(original)
-    local entry = redis.call('XRANGE', events, id_of(seq), id_of(seq))[1]
-    out[#out + 1] = index
-    out[#out + 1] = seq
-    out[#out + 1] = entry or 0
-  else
-    last = last + 1
-    local u_n = tonumber(u)
-    if not max_n or u_n > max_n then max_s, max_n = u, u_n end
-    redis.call('XADD', events, id_of(last), 'd', d, 'p', p, 'u', u, 'm', max_s)
-    if key then
-      redis.call('HSET', keys, key, string.format('%d', last))
-      redis.call('ZADD', expiry, ARGV[2], key)
-    end
-  end
-end
-if max_s then
-  redis.call('HSET', meta, 'epoch', epoch, 'last_seq', string.format('%d', last), 'max_us', max_s)
-else
-  redis.call('HSET', meta, 'epoch', epoch, 'last_seq', string.format('%d', last))
-end
-return out
-"""
-)
-
-# KEYS: meta, events. ARGV: since (microseconds), limit, scan budget, '' or the seq to go
-# on from. Returns {epoch ('' if unknown), next seq to go on from (0: done), entry...}.
-_SINCE: Final = (
-    "#!lua flags=no-writes\n"
-    + _LUA_HELPERS
-    + """
-local meta, events = KEYS[1], KEYS[2]
-local state = redis.call('HMGET', meta, 'epoch', 'last_seq')
-if not state[1] then return {'', 0} end
-local last = tonumber(state[2])
-local since, want, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local scan = tonumber(ARGV[4])
-if not scan then
-  local first = first_retained(events)
-  if not first then return {state[1], 0} end
-  scan = first_reaching(events, first, last, since)
-end
-local out = {state[1], 0}
-while scan <= last and want > 0 do
-  if budget <= 0 then
-    out[2] = scan
-    break
-  end
-  local chunk = redis.call('XRANGE', events, id_of(scan), '+', 'COUNT', math.min(budget, 256))
-  if #chunk == 0 then break end
-  for _, entry in ipairs(chunk) do
-    scan = seq_of(entry[1]) + 1
-    budget = budget - 1
-    if tonumber(field(entry, 'u')) >= since then
-      out[#out + 1] = entry
-      want = want - 1
-      if want == 0 then break end
-    end
-  end
-end
-return out
-"""
-)
-
-# KEYS: meta, events. ARGV: keep_last, '' or the age bound (microseconds), scan budget,
-# '' or the epoch the trim must still see. Deletes the events below the cutoff of
-# retention_cutoff(); if the budget runs out before the scan finds an event as new as the
-# bound, deletes only the events before the scan's end (all older than the bound) and
-# reports more = 1. Returns {deleted, more, epoch}.
-_TRIM: Final = (
-    "#!lua\n"
-    + _LUA_HELPERS
-    + """
-local meta, events = KEYS[1], KEYS[2]
-local state = redis.call('HMGET', meta, 'epoch', 'last_seq')
-if not state[1] or (ARGV[4] ~= '' and state[1] ~= ARGV[4]) then return {0, 0, ''} end
-local last = tonumber(state[2])
-local first = first_retained(events)
-if not first then return {0, 0, state[1]} end
-local cutoff = last - tonumber(ARGV[1]) + 1
-local more = 0
-if ARGV[2] ~= '' then
-  local bound, budget = tonumber(ARGV[2]), tonumber(ARGV[3])
-  local scan = first_reaching(events, first, last, bound)
-  local found = false
-  while scan <= last and not found do
-    if budget <= 0 then
-      more = 1
-      break
-    end
-    local chunk = redis.call('XRANGE', events, id_of(scan), '+', 'COUNT', math.min(budget, 256))
-    if #chunk == 0 then
-      scan = last + 1
-      break
-    end
-    for _, entry in ipairs(chunk) do
-      scan = seq_of(entry[1])
-      if tonumber(field(entry, 'u')) >= bound then
-        found = true
-        break
-      end
-      scan = scan + 1
-      budget = budget - 1
-    end
-  end
-  if more == 1 then
-    cutoff = scan -- the age cut lies further on: delete only the older events scanned
-  elseif scan > cutoff then
-    cutoff = scan
-  end
-end
-if cutoff <= first then return {0, more, state[1]} end
-return {redis.call('XTRIM', events, 'MINID', id_of(cutoff)), more, state[1]}
-"""
-)
-
-# KEYS: meta, events, keys, expiry. ARGV: two different fresh epochs. Returns the new epoch.
-_RESET: Final = """#!lua
-local old = redis.call('HGET', KEYS[1], 'epoch')
-local epoch = ARGV[1]
-if old == epoch then epoch = ARGV[2] end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-redis.call('HDEL', KEYS[1], 'max_us')
-redis.call('HSET', KEYS[1], 'epoch', epoch, 'last_seq', '0')
-return epoch
-"""
-
-
-def key_pattern(prefix: str) -> str:
-    """A ``SCAN MATCH`` pattern for every key a store with ``prefix`` writes, and no other
-    prefix's (prefixes hold no ``:``, ``{``, ``}`` or glob characters)."""
-    return "{" + prefix + "[:}]*"
-
-
-async def delete_prefix(client: aioredis.Redis, prefix: str, *, batch: int = 500) -> int:
-    """Delete every key of ``prefix`` (``SCAN`` + ``DEL``) and return how many were deleted.
-
-    Meant for tests and for dropping a prefix that no node uses any more: a store still
-    appending would recreate its topics."""
-    _check_prefix(prefix)
-    deleted = 0
-    cursor = 0
-    for _ in range(_MAX_ROUNDS):  # SCAN returns cursor 0 once it has visited every key
-        cursor, found = await client.scan(cursor, match=key_pattern(prefix), count=batch)
-        if found:
-            deleted += int(await client.delete(*found))
-        if cursor == 0:
-            return deleted
-    raise RuntimeError(f"SCAN for prefix {prefix!r} did not finish")
-
-
-def _check_prefix(prefix: str) -> None:
-    if not PREFIX_PATTERN.fullmatch(prefix):
-        raise ValueError(
-            f"prefix {prefix!r} must be 1 to 64 characters of letters, digits, '_', '.', '-'"
-        )
-
-
-def check_server(server: Mapping[str, Any], memory: Mapping[str, Any]) -> None:
-    """Refuse a Redis server that cannot hold history: before 7.0 (no script flags), or with
-    an ``allkeys-*`` eviction policy (it would delete events or positions silently)."""
-    version = str(server.get("redis_version", "0"))
-    major = version.split(".", 1)[0]
-    if not major.isdigit() or int(major) < 7:
-        raise ConfigError(f"the Redis history store needs Redis 7 or newer, not {version}")
-    policy = str(memory.get("maxmemory_policy", "noeviction"))
-    if policy.startswith("allkeys"):
-        raise ConfigError(
-            f"Redis evicts any key under maxmemory-policy {policy}: the history store needs "
-            "noeviction (or a volatile-* policy; history keys carry no expiry)"
-        )
-
-
-def _metadata(draft: EventDraft) -> bytes:
-    return orjson.dumps(
-        [
-            draft.id,
-            draft.time,
-            draft.source,
-            draft.headers,
-            draft.correlation_id,
-            draft.causation_id,
-            draft.lamport,
-        ]
-    )
-
-
-def _pack(draft: EventDraft) -> bytes:
-    """A draft as the append script reads it (raises ValueError for a bad time)."""
-    micros = str(rfc3339_micros(draft.time)).encode()
-    key = draft.idempotency_key
-    marker = b"" if key is None else b"k" + key.encode()
-    metadata, payload = _metadata(draft), draft.payload
-    sizes = _SIZES.pack(len(marker), len(metadata), len(payload), len(micros))
-    return b"".join((sizes, marker, metadata, payload, micros))
-
-
-def _results(
-    drafts: Sequence[EventDraft], indexes: Sequence[int], reply: Any
-) -> list[AppendResult]:
-    """The results for one topic's drafts (``indexes`` into ``drafts``) from its script's
-    reply: ``[epoch, created, first new seq, (position, seq, entry or 0)...]``."""
-    epoch = reply[0].decode()
-    seq = int(reply[2])
-    duplicates = {
-        int(reply[i]) - 1: (int(reply[i + 1]), reply[i + 2]) for i in range(3, len(reply), 3)
-    }
-    results = []
-    for position, index in enumerate(indexes):
-        draft = drafts[index]
-        duplicate = duplicates.get(position)
-        if duplicate is None:
-            results.append(AppendResult(StoredEvent.from_draft(draft, epoch, seq)))
-            seq += 1
-        elif duplicate[1]:
-            results.append(AppendResult(_script_entry(draft.topic, epoch, duplicate[1]), True))
-        else:  # the original was trimmed: its position is all that is left
-            results.append(AppendResult(StoredEvent.from_draft(draft, epoch, duplicate[0]), True))
-    return results
-
-
-def _event(topic: str, epoch: str, entry_id: bytes, fields: Mapping[bytes, bytes]) -> StoredEvent:
-    """A stored event from a stream entry."""
-    id_, time_, source, headers, correlation_id, causation_id, lamport = orjson.loads(fields[b"d"])
-    return StoredEvent(
-        id_,
-        topic,
-        epoch,
-        int(entry_id.split(b"-", 1)[0]),
-        time_,
-        source,
-        bytes(fields[b"p"]),
-        headers,
-        correlation_id,
-        causation_id,
-        lamport,
-    )
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _script_entry(topic: str, epoch: str, raw: Sequence[Any]) -> StoredEvent:
-    """A stored event from an entry as a script returns it: ``[id, [field, value, ...]]``."""
-    flat = raw[1]
-    return _event(topic, epoch, raw[0], dict(zip(flat[::2], flat[1::2], strict=True)))
 
 
 class _Activity:
@@ -463,7 +150,7 @@ class RedisHistoryStore:
         clock: Callable[[], float] = time.time,
         scan_budget: int = _SCAN_BUDGET,
     ) -> None:
-        _check_prefix(prefix)
+        check_prefix(prefix)
         parse_url(url)  # raises ValueError for a URL redis-py cannot use
         if scan_budget < 1:
             raise ValueError("scan_budget must be >= 1")
@@ -495,10 +182,10 @@ class RedisHistoryStore:
                 server, memory = await pipe.execute()
             check_server(server, memory)
             scripts = {
-                "append": _APPEND,
-                "since": _SINCE,
-                "trim": _TRIM,
-                "reset": _RESET,
+                "append": APPEND_SCRIPT,
+                "since": SINCE_SCRIPT,
+                "trim": TRIM_SCRIPT,
+                "reset": RESET_SCRIPT,
             }
             self._scripts = {name: client.register_script(text) for name, text in scripts.items()}
             async with client.pipeline(transaction=False) as pipe:
@@ -530,7 +217,7 @@ class RedisHistoryStore:
             return []
         client = self._open_client()
         drafts = list(drafts)
-        packed = [_pack(draft) for draft in drafts]  # may raise ValueError: nothing sent
+        packed = [pack_draft(draft) for draft in drafts]  # may raise ValueError: nothing sent
         groups: dict[str, list[int]] = {}
         for index, draft in enumerate(drafts):
             groups.setdefault(draft.topic, []).append(index)
@@ -543,7 +230,7 @@ class RedisHistoryStore:
             by_index: dict[int, AppendResult] = {}
             for topic, indexes in groups.items():
                 by_index.update(
-                    zip(indexes, _results(drafts, indexes, replies[topic]), strict=True)
+                    zip(indexes, append_results(drafts, indexes, replies[topic]), strict=True)
                 )
             return [by_index[index] for index in range(len(drafts))]
 
@@ -562,7 +249,7 @@ class RedisHistoryStore:
                 epoch, entries = await pipe.execute()
         if epoch is None:
             return []
-        return [_event(topic, epoch.decode(), eid, fields) for eid, fields in entries]
+        return [stream_event(topic, epoch.decode(), eid, fields) for eid, fields in entries]
 
     async def read_last(self, topic: str, count: int) -> list[StoredEvent]:
         if count <= 0:
@@ -576,7 +263,9 @@ class RedisHistoryStore:
                 epoch, entries = await pipe.execute()
         if epoch is None:
             return []
-        return [_event(topic, epoch.decode(), eid, fields) for eid, fields in reversed(entries)]
+        return [
+            stream_event(topic, epoch.decode(), eid, fields) for eid, fields in reversed(entries)
+        ]
 
     async def read_since_time(self, topic: str, time: str, limit: int) -> list[StoredEvent]:
         since = rfc3339_micros(time)
@@ -589,7 +278,7 @@ class RedisHistoryStore:
         epoch: bytes | None = None
         resume = b""
         with self._tracked():
-            for _ in range(_MAX_ROUNDS):
+            for _ in range(MAX_ROUNDS):
                 args: list[int | bytes] = [since, limit - len(found), self.scan_budget, resume]
                 reply = await script(keys=keys, args=args)
                 if not reply[0]:
@@ -599,7 +288,7 @@ class RedisHistoryStore:
                     epoch = reply[0]
                     continue
                 epoch = reply[0]
-                found.extend(_script_entry(topic, epoch.decode(), raw) for raw in reply[2:])
+                found.extend(script_entry(topic, epoch.decode(), raw) for raw in reply[2:])
                 if not reply[1] or len(found) >= limit:
                     return found
                 resume = str(reply[1]).encode()
@@ -628,7 +317,7 @@ class RedisHistoryStore:
         deleted = 0
         epoch = b""
         with self._tracked():
-            for _ in range(_MAX_ROUNDS):
+            for _ in range(MAX_ROUNDS):
                 count, more, epoch = await script(
                     keys=keys, args=[keep_last, bound, self.scan_budget, epoch]
                 )
