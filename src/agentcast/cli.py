@@ -38,6 +38,17 @@ def _load(config_path: str | None, **overrides: Any) -> ServerConfig:
         raise click.UsageError(exc.message) from None
 
 
+def _result_options(func: Any) -> Any:
+    """``--json`` and ``--output``, shared by every benchmark command."""
+    func = click.option(
+        "--output",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Append the JSON result as one line to this file.",
+    )(func)
+    return click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")(func)
+
+
 @click.group()
 @click.version_option(__version__, prog_name="agentcast")
 def main() -> None:
@@ -291,13 +302,7 @@ def bench() -> None:
     "--server", type=click.Choice(["agentcast", "naive"]), default="agentcast", show_default=True
 )
 @click.option("--idle", is_flag=True, help="Only open the connections and report RSS each.")
-@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
-@click.option(
-    "--output",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Append the JSON result as one line to this file.",
-)
+@_result_options
 def bench_fanout(
     subscribers: int,
     messages: int,
@@ -357,13 +362,7 @@ def bench_fanout(
 @click.option(
     "--writers", type=int, default=8, show_default=True, help="Concurrent writer connections."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
-@click.option(
-    "--output",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Append the JSON result as one line to this file.",
-)
+@_result_options
 def bench_outbox(
     pg_dsn: str,
     rate: float,
@@ -447,13 +446,7 @@ def bench_outbox(
     show_default=True,
     help="PostgreSQL for --store postgres (a throwaway schema per node, dropped after).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
-@click.option(
-    "--output",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Append the JSON result as one line to this file.",
-)
+@_result_options
 def bench_durable(
     stores: str,
     publishers: str,
@@ -509,13 +502,7 @@ def bench_durable(
     show_default=True,
     help="Messages per second (0: burst, as fast as acks allow).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
-@click.option(
-    "--output",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Append the JSON result as one line to this file.",
-)
+@_result_options
 def bench_cluster(
     broker: str,
     nodes: int,
