@@ -118,3 +118,95 @@ async def test_membership_and_degraded_readiness(cluster: list[Node]) -> None:
         link.on_health(True)
         async with http.get(f"{a.http_url}/readyz") as resp:
             assert resp.status == 200
+
+
+async def test_a_consumer_group_with_members_on_two_nodes_delivers_each_event_once(
+    cluster: list[Node],
+) -> None:
+    a, b, c = cluster
+    for node in cluster:
+        assert node.hub is not None and node.hub.cluster is not None
+        link = node.hub.cluster
+        async with asyncio.timeout(10):
+            await link.wait_until(lambda link=link: len(link.ring.members) == 3)
+    members = [await RawClient.open(node.ws_url) for node in (a, b)]
+    for member in members:
+        reply = await member.call(
+            "subscribe", topic="acme.durable.jobs", group="workers", max_in_flight=4
+        )
+        assert reply["ok"], reply
+    publisher = await RawClient.open(c.ws_url)
+    for n in range(60):
+        assert (await publisher.call("publish", topic="acme.durable.jobs", payload=n))["ok"]
+    seen: dict[int, int] = {}
+    done = asyncio.Event()
+
+    async def work(index: int, client: RawClient) -> None:
+        while True:
+            message = await client.next_event_message()
+            seq = message["event"]["seq"]
+            assert seq not in seen, f"seq {seq} delivered twice"
+            seen[seq] = index
+            await client.send(cmd="ack", topic="acme.durable.jobs", group="workers", seq=seq)
+            if len(seen) == 60:
+                done.set()
+
+    tasks = [asyncio.ensure_future(work(i, m)) for i, m in enumerate(members)]
+    async with asyncio.timeout(30):
+        await done.wait()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert sorted(seen) == list(range(1, 61))
+    assert set(seen.values()) == {0, 1}, "both members, on different nodes, got work"
+
+
+async def test_group_members_follow_a_new_owner_when_the_owner_node_stops(
+    tmp_path: Path,
+) -> None:
+    bus = LocalBus()
+    config = ServerConfig(
+        port=0,
+        http_port=0,
+        history=f"sqlite:///{tmp_path}/shared.db",
+        durable=(DurableRule("acme.durable.>"),),
+        cluster_heartbeat=0.05,
+        member_timeout=0.5,
+    )
+    nodes = [Node(config, broker=MemoryBroker(bus)) for _ in range(3)]
+    for node in nodes:
+        await node.start()
+    try:
+        links = [n.hub.cluster for n in nodes if n.hub is not None and n.hub.cluster]
+        async with asyncio.timeout(10):
+            for link in links:
+                await link.wait_until(lambda link=link: len(link.ring.members) == 3)
+        owner_id = links[0].owner("acme")
+        owner = next(n for n in nodes if n.node_id == owner_id)
+        others = [n for n in nodes if n is not owner]
+        member = await RawClient.open(others[0].ws_url)
+        reply = await member.call("subscribe", topic="acme.durable.jobs", group="workers")
+        assert reply["ok"] and reply["result"]["floor"] is None  # runs on the owner
+        publisher = await RawClient.open(others[1].ws_url)
+        assert (await publisher.call("publish", topic="acme.durable.jobs", payload=0))["ok"]
+        first = await member.next_event_message()
+        await member.send(
+            cmd="ack", topic="acme.durable.jobs", group="workers", seq=first["event"]["seq"]
+        )
+        await owner.stop()
+        survivor = others[0].hub
+        assert survivor is not None and survivor.cluster is not None
+        async with asyncio.timeout(10):
+            await survivor.cluster.wait_until(
+                lambda: owner_id not in survivor.cluster.ring.members  # type: ignore[union-attr]
+            )
+        assert (await publisher.call("publish", topic="acme.durable.jobs", payload=1))["ok"]
+        async with asyncio.timeout(10):
+            while True:  # seq 1 may come again if its ack was still on the way (at-least-once)
+                message = await member.next_event_message()
+                assert message["event"]["payload"] in (0, 1)
+                if message["event"]["payload"] == 1:
+                    break
+    finally:
+        for node in nodes:
+            await node.stop()

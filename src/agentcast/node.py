@@ -24,6 +24,7 @@ from agentcast.brokers.factory import open_broker
 from agentcast.config import ServerConfig
 from agentcast.hub.cluster import ClusterLink
 from agentcast.hub.durability import DurabilityRules
+from agentcast.hub.group_relay import GroupRelay
 from agentcast.hub.hub import Hub
 from agentcast.hub.presence import presence_for
 from agentcast.metrics import make_registry, render
@@ -97,6 +98,8 @@ class Node:
                 heartbeat_interval=config.cluster_heartbeat,
                 member_timeout=config.member_timeout,
             )
+            if hub.groups is not None:
+                hub.groups.relay = GroupRelay(hub.groups, link)
             await self.broker.start(self.node_id, link)
             self._background.append(asyncio.create_task(link.run(), name="agentcast-cluster"))
         else:

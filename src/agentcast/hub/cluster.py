@@ -64,6 +64,7 @@ MAX_SEEN_IDS = 65_536
 GAP_READ_LIMIT = 1_000
 KIND_INBOX = b"i"
 KIND_ROUTES = b"r"
+KIND_GROUP = b"g"  # consumer-group traffic between members' nodes and owners
 
 
 @dataclass(slots=True)
@@ -265,6 +266,9 @@ class ClusterLink:
             self.routes.drop_node(node_id)
             self.presence.node_left(node_id)
         self.presence.ring_changed(old.owner)
+        groups = self.hub.groups
+        if groups is not None and groups.relay is not None:
+            groups.relay.ring_changed(set(live))
         self._notify()
 
     # -- routes --------------------------------------------------------------------------
@@ -347,6 +351,10 @@ class ClusterLink:
             self._notify()
         elif kind in PRESENCE_KINDS:
             self.presence.on_direct(origin, kind, body)
+        elif kind == KIND_GROUP:
+            groups = self.hub.groups
+            if groups is not None and groups.relay is not None:
+                groups.relay.on_direct(origin, body)
         else:
             log.debug("direct message from %s ignored (%d bytes)", origin, len(data))
 

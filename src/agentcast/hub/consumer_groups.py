@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from agentcast.errors import AgentcastError, NotInFlight, PayloadTooLarge
+from agentcast.hub.group_relay import GroupRelay, RemoteRef
 from agentcast.hub.groups import ConsumerGroup, DeadLetter, Delivery, GroupSettings, Member
 from agentcast.protocol.commands import Publish
 from agentcast.protocol.frames import ws_text_frame
@@ -107,11 +109,17 @@ class GroupRunner:
 
     def _send(self, delivery: Delivery) -> None:
         assert delivery.member is not None
-        conn: Connection = delivery.member.owner  # type: ignore[assignment]
         message = group_event_message(
             self.group.name, delivery.attempts, delivery.event.envelope_json()
         )
-        conn.send_control(ws_text_frame(message))
+        owner = delivery.member.owner
+        if isinstance(owner, RemoteRef):
+            relay = self.hub.groups.relay if self.hub.groups is not None else None
+            if relay is not None:
+                relay.deliver(owner, (self.group.topic, self.group.name), ws_text_frame(message))
+        else:
+            conn: Connection = owner  # type: ignore[assignment]
+            conn.send_control(ws_text_frame(message))
         self.hub.stats.group_deliveries += 1
 
     def _dead_letter(self, letter: DeadLetter) -> None:
@@ -208,12 +216,32 @@ class GroupManager:
         self._by_topic: dict[str, dict[str, GroupRunner]] = {}
         self._loading: dict[tuple[str, str], asyncio.Future[GroupRunner]] = {}
         self._retired: dict[tuple[str, str], GroupRunner] = {}
+        self.relay: GroupRelay | None = None
+        self._remote_members: dict[tuple[tuple[str, str], RemoteRef], Member] = {}
 
     async def join(
         self, conn: Connection, topic: str, name: str, settings: GroupSettings
-    ) -> GroupRunner:
-        """Add ``conn`` to the group (created from stored progress on first join)."""
+    ) -> GroupRunner | None:
+        """Add ``conn`` to the group (created from stored progress on first join). In a
+        cluster a group runs on its tenant's owner node: elsewhere the membership is
+        forwarded there and ``None`` is returned."""
         key = (topic, name)
+        if self.relay is not None and self.relay.is_remote(key):
+            if key not in conn.groups:
+                conn.groups[key] = self.placeholder(conn)
+                self.relay.join(conn, key, settings)
+            return None
+        return await self.join_local(conn, key, settings)
+
+    def placeholder(self, conn: Connection) -> Member:
+        """The entry in ``conn.groups`` of a membership forwarded to another node."""
+        return Member(conn)
+
+    async def join_local(
+        self, conn: Connection, key: tuple[str, str], settings: GroupSettings
+    ) -> GroupRunner:
+        """Add ``conn`` to the group run on this node."""
+        topic, name = key
         runner = (
             self.runners.get(key) or self._retired.pop(key, None) or await self._load(key, settings)
         )
@@ -261,6 +289,10 @@ class GroupManager:
 
     def leave(self, conn: Connection, key: tuple[str, str]) -> bool:
         """Remove ``conn`` from a group; its deliveries go back to the others."""
+        if self.relay is not None and self.relay.holds(conn, key):
+            conn.groups.pop(key, None)
+            self.relay.leave(conn, key)
+            return True
         member = conn.groups.pop(key, None)
         runner = self.runners.get(key)
         if member is None or runner is None:
@@ -293,6 +325,9 @@ class GroupManager:
         return runner, member
 
     def ack(self, conn: Connection, key: tuple[str, str], seq: int) -> None:
+        if self.relay is not None and self.relay.holds(conn, key):
+            self.relay.ack(conn, key, seq)
+            return
         runner, member = self._member(conn, key)
         if not runner.group.ack(member, seq):
             raise NotInFlight(f"seq {seq} is not in flight to this connection")
@@ -302,10 +337,83 @@ class GroupManager:
     def nack(
         self, conn: Connection, key: tuple[str, str], seq: int, delay: float, reason: str
     ) -> None:
+        if self.relay is not None and self.relay.holds(conn, key):
+            self.relay.nack(conn, key, seq, delay, reason)
+            return
         runner, member = self._member(conn, key)
         if not runner.group.nack(member, seq, delay, reason, self.hub.clock()):
             raise NotInFlight(f"seq {seq} is not in flight to this connection")
         runner.poke()
+
+    # -- members on other nodes (this node owns the group) ------------------------------
+
+    async def join_remote(
+        self, ref: RemoteRef, key: tuple[str, str], settings: GroupSettings
+    ) -> None:
+        if (key, ref) in self._remote_members:
+            return
+        runner = (
+            self.runners.get(key) or self._retired.pop(key, None) or await self._load(key, settings)
+        )
+        self.runners.setdefault(key, runner)
+        self._by_topic.setdefault(key[0], {}).setdefault(key[1], runner)
+        self._remote_members[(key, ref)] = runner.group.add_member(ref)
+        if self.hub.cluster is not None:
+            self.hub.cluster.interest_up(key[0])
+        runner.poke()
+
+    def ack_remote(self, ref: RemoteRef, key: tuple[str, str], seq: int) -> None:
+        member = self._remote_members.get((key, ref))
+        runner = self.runners.get(key)
+        if member is not None and runner is not None and runner.group.ack(member, seq):
+            runner.schedule_save()
+            runner.poke()
+
+    def nack_remote(
+        self, ref: RemoteRef, key: tuple[str, str], seq: int, delay: float, reason: str
+    ) -> None:
+        member = self._remote_members.get((key, ref))
+        runner = self.runners.get(key)
+        now = self.hub.clock()
+        if (
+            member is not None
+            and runner is not None
+            and runner.group.nack(member, seq, delay, reason, now)
+        ):
+            runner.poke()
+
+    def leave_remote(self, ref: RemoteRef, key: tuple[str, str]) -> None:
+        member = self._remote_members.pop((key, ref), None)
+        runner = self.runners.get(key)
+        if member is None or runner is None:
+            return
+        if self.hub.cluster is not None:
+            self.hub.cluster.interest_down(key[0])
+        runner.group.remove_member(member, self.hub.clock())
+        if not runner.group.members:
+            self._retire(key, runner)
+        else:
+            runner.poke()
+
+    def drop_remote_members(self, gone: Callable[[RemoteRef], bool]) -> None:
+        """Forget remote members matching ``gone`` (their node left the cluster)."""
+        for key, ref in [pair for pair in self._remote_members if gone(pair[1])]:
+            self.leave_remote(ref, key)
+
+    def local_members_not_owned(self) -> list[tuple[tuple[str, str], Connection]]:
+        """Local members of groups this node runs but no longer owns (after a ring change);
+        the remote members of those groups are dropped (their nodes re-join the owner)."""
+        assert self.relay is not None
+        moved: list[tuple[tuple[str, str], Connection]] = []
+        for key, runner in list(self.runners.items()):
+            if not self.relay.is_remote(key):
+                continue
+            for member in list(runner.group.members):
+                if isinstance(member.owner, RemoteRef):
+                    self.leave_remote(member.owner, key)
+                else:
+                    moved.append((key, member.owner))  # type: ignore[arg-type]
+        return moved
 
     def appended(self, topic: str, seq: int) -> None:
         """A durable event was committed on ``topic``."""

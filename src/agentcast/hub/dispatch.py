@@ -178,6 +178,20 @@ async def _join_group(conn: Connection, cmd: Subscribe, settings: GroupSettings)
         return
     try:
         runner = await groups.join(conn, cmd.topic, cmd.group, settings)
+        if runner is None:  # the group runs on another node of the cluster
+            _reply_ok(
+                conn,
+                cmd.id,
+                {
+                    "topic": cmd.topic,
+                    "group": cmd.group,
+                    "floor": None,
+                    "ack_timeout": settings.ack_timeout,
+                    "max_deliver": settings.max_deliver,
+                    "max_in_flight": settings.max_in_flight,
+                },
+            )
+            return
     except Exception as exc:
         _send_error(
             conn,
