@@ -4,6 +4,7 @@ dead letters, rebalancing, and progress that survives a restart."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -154,13 +155,54 @@ async def test_ack_errors_are_precise(gnode: Node) -> None:
     assert (await worker.call("unsubscribe", topic="acme.jobs", group="workers"))["ok"]
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "redis", "nats"])
 async def test_ack_floor_survives_a_restart(tmp_path: Path, backend: str) -> None:
     if backend == "sqlite":
         await check_floor_survives_restart(config(f"sqlite:///{tmp_path}/h.db"))
-        return
-    async with pg_history_url() as url:
-        await check_floor_survives_restart(config(url))
+    elif backend == "postgres":
+        async with pg_history_url() as url:
+            await check_floor_survives_restart(config(url))
+    elif backend == "redis":
+        prefix = f"t{uuid.uuid4().hex[:12]}"
+        try:
+            await check_floor_survives_restart(config(f"redis://127.0.0.1:6379/0?prefix={prefix}"))
+        finally:
+            await delete_redis_prefix(prefix)
+    else:
+        stream = f"T{uuid.uuid4().hex[:12]}"
+        try:
+            await check_floor_survives_restart(config(f"nats://127.0.0.1:4222?stream={stream}"))
+        finally:
+            await delete_nats_stream(stream)
+
+
+async def delete_redis_prefix(prefix: str) -> None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{{{prefix}*")]
+        keys += [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+async def delete_nats_stream(stream: str) -> None:
+    import contextlib
+
+    import nats
+    from nats.js.errors import NotFoundError
+
+    nc = await nats.connect("nats://127.0.0.1:4222")
+    try:
+        js = nc.jetstream()
+        for name in (stream, f"KV_{stream}-keys", f"KV_{stream}-groups"):
+            with contextlib.suppress(NotFoundError):
+                await js.delete_stream(name)
+    finally:
+        await nc.close()
 
 
 async def check_floor_survives_restart(cfg: ServerConfig) -> None:

@@ -171,4 +171,10 @@ def consumer_store_for(history: HistoryStore) -> ConsumerStore:
         from agentcast.storage.redis_consumers import RedisConsumerStore
 
         return RedisConsumerStore(history.url, history.prefix)
+    from agentcast.storage.nats_store import NatsHistoryStore
+
+    if isinstance(history, NatsHistoryStore):
+        from agentcast.storage.nats_consumers import NatsConsumerStore
+
+        return NatsConsumerStore(history.url, history.stream, history.replicas)
     return MemoryConsumerStore()
