@@ -22,7 +22,7 @@ class GroupProgress:
 
 
 class ConsumerStore(Protocol):
-    """Durable group progress. Implementations: memory, SQLite, PostgreSQL, Redis."""
+    """Durable group progress. Implementations: memory, SQLite, PostgreSQL, Redis, NATS."""
 
     async def open(self) -> None:
         """Connect and create the schema if needed."""
