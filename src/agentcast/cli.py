@@ -303,31 +303,11 @@ def bench() -> None:
 )
 @click.option("--idle", is_flag=True, help="Only open the connections and report RSS each.")
 @_result_options
-def bench_fanout(
-    subscribers: int,
-    messages: int,
-    size: int,
-    rate: float,
-    server: str,
-    idle: bool,
-    as_json: bool,
-    output: str | None,
-) -> None:
+def bench_fanout(**options: Any) -> None:
     """Fan-out from one publisher to many subscribers over loopback."""
     from agentcast.bench.fanout import run_fanout_cli
 
-    sys.exit(
-        run_fanout_cli(
-            subscribers=subscribers,
-            messages=messages,
-            size=size,
-            rate=rate,
-            server=server,
-            idle=idle,
-            as_json=as_json,
-            output=output,
-        )
-    )
+    sys.exit(run_fanout_cli(**options))
 
 
 @bench.command("outbox")
@@ -363,37 +343,11 @@ def bench_fanout(
     "--writers", type=int, default=8, show_default=True, help="Concurrent writer connections."
 )
 @_result_options
-def bench_outbox(
-    pg_dsn: str,
-    rate: float,
-    seconds: float,
-    messages: int,
-    batch: int,
-    partitions: int,
-    relay_batch: int,
-    pipeline: int,
-    writers: int,
-    as_json: bool,
-    output: str | None,
-) -> None:
+def bench_outbox(**options: Any) -> None:
     """Commit-to-delivered latency and events/s through an outbox relay on PostgreSQL."""
     from agentcast.outbox.bench import run_outbox_cli
 
-    sys.exit(
-        run_outbox_cli(
-            pg_dsn=pg_dsn,
-            rate=rate,
-            seconds=seconds,
-            messages=messages,
-            batch=batch,
-            partitions=partitions,
-            relay_batch=relay_batch,
-            pipeline=pipeline,
-            writers=writers,
-            as_json=as_json,
-            output=output,
-        )
-    )
+    sys.exit(run_outbox_cli(**options))
 
 
 @bench.command("durable")
@@ -447,35 +401,11 @@ def bench_outbox(
     help="PostgreSQL for --store postgres (a throwaway schema per node, dropped after).",
 )
 @_result_options
-def bench_durable(
-    stores: str,
-    publishers: str,
-    messages: int,
-    size: int,
-    window: int,
-    resume_events: int,
-    timeout: float,
-    pg_dsn: str,
-    as_json: bool,
-    output: str | None,
-) -> None:
+def bench_durable(**options: Any) -> None:
     """Acked durable publishes per second and resume time, per history store."""
     from agentcast.bench.durable import run_durable_cli
 
-    sys.exit(
-        run_durable_cli(
-            stores=stores,
-            publishers=publishers,
-            messages=messages,
-            size=size,
-            window=window,
-            resume_events=resume_events,
-            timeout=timeout,
-            pg_dsn=pg_dsn,
-            as_json=as_json,
-            output=output,
-        )
-    )
+    sys.exit(run_durable_cli(**options))
 
 
 @bench.command("cluster")
@@ -503,28 +433,8 @@ def bench_durable(
     help="Messages per second (0: burst, as fast as acks allow).",
 )
 @_result_options
-def bench_cluster(
-    broker: str,
-    nodes: int,
-    subscribers: int,
-    messages: int,
-    size: int,
-    rate: float,
-    as_json: bool,
-    output: str | None,
-) -> None:
+def bench_cluster(**options: Any) -> None:
     """Fan-out over several nodes linked by a broker, against one node."""
     from agentcast.bench.cluster import run_cluster_cli
 
-    sys.exit(
-        run_cluster_cli(
-            broker=broker,
-            nodes=nodes,
-            subscribers=subscribers,
-            messages=messages,
-            size=size,
-            rate=rate,
-            as_json=as_json,
-            output=output,
-        )
-    )
+    sys.exit(run_cluster_cli(**options))

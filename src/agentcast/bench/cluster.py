@@ -24,12 +24,10 @@ object on stdout (plus a summary on stderr unless ``as_json``) and appended as o
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -63,6 +61,7 @@ from agentcast.bench.fanout import (
 )
 from agentcast.bench.load import PUBLISH_GRACE
 from agentcast.bench.process import pick_cpus
+from agentcast.bench.report import emit_result
 
 BROKER_URLS = {
     "redis": "redis://127.0.0.1:6379/0?prefix={prefix}",
@@ -129,13 +128,7 @@ def run_cluster_cli(
         print("agentcast bench cluster: interrupted", file=sys.stderr)
         return 130
     result = build_result(params, cluster_measured, single, pinned, loadavg_before)
-    line = json.dumps(result, ensure_ascii=False)
-    print(line, flush=True)
-    if output is not None:
-        with Path(output).open("a", encoding="utf-8") as file:
-            file.write(line + "\n")
-    if not as_json:
-        print(summary(result), file=sys.stderr)
+    emit_result(result, output=output, summary=None if as_json else summary(result))
     return 0 if lost_nothing(result) else 1
 
 

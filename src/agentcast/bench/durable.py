@@ -18,7 +18,6 @@ happens.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -49,6 +48,7 @@ from agentcast.bench.durable_result import (
 )
 from agentcast.bench.durable_stores import STORES, fresh_history
 from agentcast.bench.process import pick_cpus
+from agentcast.bench.report import emit_result
 from agentcast.bench.server_main import DEFAULT_MAX_EVENTS, parse_stats
 
 HOST = "127.0.0.1"
@@ -113,13 +113,7 @@ def run_durable_cli(
         print("agentcast bench durable: interrupted", file=sys.stderr)
         return 130
     result = build_result(params, rows, resumes, pinned, loadavg_before)
-    line = json.dumps(result, ensure_ascii=False)
-    print(line, flush=True)
-    if output is not None:
-        with Path(output).open("a", encoding="utf-8") as file:
-            file.write(line + "\n")
-    if not as_json:
-        print(summary(result), file=sys.stderr)
+    emit_result(result, output=output, summary=None if as_json else summary(result))
     return 0 if complete(result) else 1
 
 

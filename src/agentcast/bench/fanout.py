@@ -17,11 +17,9 @@ then SIGKILL after a grace period) whatever happens.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 from agentcast.bench.children import (
@@ -36,6 +34,7 @@ from agentcast.bench.children import (
 from agentcast.bench.fanout_result import FanoutParams, build_result, mode_of, summary
 from agentcast.bench.load import PUBLISH_GRACE, LoadPlan
 from agentcast.bench.process import pick_cpus
+from agentcast.bench.report import emit_result
 
 HOST = "127.0.0.1"
 SERVERS = ("agentcast", "naive")
@@ -87,13 +86,7 @@ def run_fanout_cli(
         print("agentcast bench fanout: interrupted", file=sys.stderr)
         return 130
     result = build_result(params, measured, pinned)
-    line = json.dumps(result, ensure_ascii=False)
-    print(line, flush=True)
-    if output is not None:
-        with Path(output).open("a", encoding="utf-8") as file:
-            file.write(line + "\n")
-    if not as_json:
-        print(summary(result), file=sys.stderr)
+    emit_result(result, output=output, summary=None if as_json else summary(result))
     return 0 if result["lost"] == 0 and result["out_of_order"] == 0 else 1
 
 

@@ -16,7 +16,6 @@ sustains on a backlog, independent of how fast this process can write.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import platform
 import signal
@@ -30,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from agentcast.bench.report import emit_result
 from agentcast.bench.stats import latency_summary_ms
 from agentcast.client import Client
 from agentcast.outbox.schema import init_outbox
@@ -338,17 +338,10 @@ def run_outbox_cli(
         return 2
     except KeyboardInterrupt:
         return 130
-    line = json.dumps(result, ensure_ascii=False)
-    if not as_json:
-        lat = result["latency"]["latency_ms"]
-        thr = result["throughput"]
-        print(
-            f"latency at {rate:g}/s: p50 {lat['p50']} ms p99 {lat['p99']} ms; "
-            f"throughput {thr['events_per_s']} events/s",
-            file=sys.stderr,
-        )
-    print(line, flush=True)
-    if output is not None:
-        with open(output, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+    lat = result["latency"]["latency_ms"]
+    summary = (
+        f"latency at {rate:g}/s: p50 {lat['p50']} ms p99 {lat['p99']} ms; "
+        f"throughput {result['throughput']['events_per_s']} events/s"
+    )
+    emit_result(result, output=output, summary=None if as_json else summary)
     return 0
