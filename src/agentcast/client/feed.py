@@ -53,6 +53,11 @@ class Feed(Generic[T]):
             raise renew(self._reason)
         return item
 
+    def get_nowait(self) -> T | None:
+        """The next buffered item, or ``None`` when none is buffered (never waits; the end
+        shows through :meth:`get`)."""
+        return self._take()
+
     def __aiter__(self) -> Self:
         return self
 

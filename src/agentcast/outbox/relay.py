@@ -124,6 +124,12 @@ class Relay:
         self._next_balance = 0.0
         self._next_purge = 0.0
         self._next_lag = 0.0
+        self._nudged = asyncio.Event()
+
+    def nudge(self) -> None:
+        """Cut the current wait short: rows were just committed (for writers in the same
+        process, where no database notification exists, e.g. on SQLite)."""
+        self._nudged.set()
 
     @classmethod
     def from_dsn(cls, dsn: str, node_url: str, **options: object) -> Relay:
@@ -170,12 +176,14 @@ class Relay:
         waits: set[asyncio.Future[object]] = {asyncio.ensure_future(stop.wait())}
         if rows:
             waits.add(asyncio.ensure_future(self.store.wait_for_rows(max_wait)))
+            waits.add(asyncio.ensure_future(self._nudged.wait()))
         try:
             await asyncio.wait(waits, timeout=max_wait, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for fut in waits:
                 fut.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
+            self._nudged.clear()
 
     async def cycle(self) -> int:
         """One balance (when due) + claim + publish + mark; return the rows claimed."""
