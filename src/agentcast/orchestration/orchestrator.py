@@ -99,7 +99,6 @@ class Orchestrator:
         self.relay = Relay.from_dsn(dsn, url, token=token) if relay else None
         self.stats = OrchestratorStats()
         self.ready = asyncio.Event()
-        self._db_lock = asyncio.Lock()
         self._wake = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -156,8 +155,7 @@ class Orchestrator:
 
     async def _apply(self, deliveries: list[GroupDelivery]) -> None:
         try:
-            async with self._db_lock:
-                counts = await self.store.process([d.envelope for d in deliveries])
+            counts = await self.store.process([d.envelope for d in deliveries])
         except Exception:
             if len(deliveries) == 1:
                 await self._failed(deliveries[0])
@@ -197,13 +195,11 @@ class Orchestrator:
     async def _wake_loop(self) -> None:
         while True:
             now_us = int(self.clock() * 1_000_000)
-            async with self._db_lock:
-                due = await self.store.due(now_us, WAKE_BATCH)
+            due = await self.store.due(now_us, WAKE_BATCH)
             failed = False
             for wakeup in due:
                 try:
-                    async with self._db_lock:
-                        counts = await self.store.wake(wakeup)
+                    counts = await self.store.wake(wakeup)
                 except Exception:
                     failed = True
                     self.stats.failures += 1
@@ -215,8 +211,7 @@ class Orchestrator:
                 self._done(counts)
             if len(due) == WAKE_BATCH and not failed:
                 continue
-            async with self._db_lock:
-                next_us = await self.store.next_due_us()
+            next_us = await self.store.next_due_us()
             wait = self.wake_interval
             if next_us is not None and not failed:
                 wait = min(wait, max(0.0, next_us / 1_000_000 - self.clock()))

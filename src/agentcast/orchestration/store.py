@@ -26,6 +26,7 @@ inputs of an ended instance are ignored anyway.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ class WorkflowStore:
         self.db = db
         self.engine = engine
         self.max_parked = max_parked
+        self._lock = asyncio.Lock()  # one connection: one statement sequence at a time
 
     async def open(self) -> None:
         await self.db.open()
@@ -103,6 +105,10 @@ class WorkflowStore:
         Raises whatever a handler raises (or :class:`WorkflowError`); then nothing of the
         batch is kept.
         """
+        async with self._lock:
+            return await self._process(events)
+
+    async def _process(self, events: Sequence[Envelope]) -> Counts:
         counts = Counts()
         await self.db.begin()
         try:
@@ -120,6 +126,10 @@ class WorkflowStore:
 
     async def wake(self, due: Wakeup) -> Counts:
         """Fire one wake-up if it is still scheduled as ``due`` says, in one transaction."""
+        async with self._lock:
+            return await self._wake(due)
+
+    async def _wake(self, due: Wakeup) -> Counts:
         workflow = self.engine.workflows.get(due.workflow)
         counts = Counts()
         if workflow is None:
@@ -320,28 +330,31 @@ class WorkflowStore:
 
     async def instance(self, workflow: str, key: str) -> Instance | None:
         """The instance as last committed, or ``None``."""
-        return await self._load(workflow, key)
+        async with self._lock:
+            return await self._load(workflow, key)
 
     async def instances(self, workflow: str | None = None, limit: int = 100) -> list[Instance]:
         """Up to ``limit`` instances (of ``workflow``), most recently changed first."""
         where, args = ("WHERE workflow = ?", [workflow]) if workflow is not None else ("", [])
-        rows = await self.db.fetchall(
-            "SELECT workflow, key, state, meta FROM {p}agentcast_wf_instances "
-            + where
-            + " ORDER BY updated_us DESC LIMIT ?",
-            *args,
-            limit,
-        )
+        async with self._lock:
+            rows = await self.db.fetchall(
+                "SELECT workflow, key, state, meta FROM {p}agentcast_wf_instances "
+                + where
+                + " ORDER BY updated_us DESC LIMIT ?",
+                *args,
+                limit,
+            )
         return [Instance.load(w, k, str(s).encode(), str(m)) for w, k, s, m in rows]
 
     async def log(self, workflow: str, key: str) -> list[LogEntry]:
         """The instance's transitions in order."""
-        rows = await self.db.fetchall(
-            "SELECT step, input, effects, state FROM {p}agentcast_wf_log"
-            " WHERE workflow = ? AND key = ? ORDER BY step",
-            workflow,
-            key,
-        )
+        async with self._lock:
+            rows = await self.db.fetchall(
+                "SELECT step, input, effects, state FROM {p}agentcast_wf_log"
+                " WHERE workflow = ? AND key = ? ORDER BY step",
+                workflow,
+                key,
+            )
         return [
             LogEntry(int(step), str(i).encode(), str(e).encode(), str(s).encode())
             for step, i, e, s in rows
@@ -349,16 +362,18 @@ class WorkflowStore:
 
     async def due(self, now_us: int, limit: int = 100) -> list[Wakeup]:
         """Wake-ups due at ``now_us``, earliest first."""
-        rows = await self.db.fetchall(
-            "SELECT workflow, key, wakeup, due_us FROM {p}agentcast_wf_wakeups"
-            " WHERE due_us <= ? ORDER BY due_us LIMIT ?",
-            now_us,
-            limit,
-        )
+        async with self._lock:
+            rows = await self.db.fetchall(
+                "SELECT workflow, key, wakeup, due_us FROM {p}agentcast_wf_wakeups"
+                " WHERE due_us <= ? ORDER BY due_us LIMIT ?",
+                now_us,
+                limit,
+            )
         return [Wakeup(str(w), str(k), str(u), int(d)) for w, k, u, d in rows]
 
     async def next_due_us(self) -> int | None:
         """When the earliest wake-up is due, or ``None`` if none is scheduled."""
-        rows = await self.db.fetchall("SELECT min(due_us) FROM {p}agentcast_wf_wakeups")
+        async with self._lock:
+            rows = await self.db.fetchall("SELECT min(due_us) FROM {p}agentcast_wf_wakeups")
         value = rows[0][0] if rows else None
         return None if value is None else int(value)
