@@ -438,3 +438,13 @@ def bench_cluster(**options: Any) -> None:
     from agentcast.bench.cluster import run_cluster_cli
 
     sys.exit(run_cluster_cli(**options))
+
+
+def _add_orchestration() -> None:
+    from agentcast.orchestration.command import orchestrate, workflow
+
+    main.add_command(orchestrate)
+    main.add_command(workflow)
+
+
+_add_orchestration()

@@ -44,6 +44,9 @@ class ServerConfig:
     cluster_heartbeat: float = 1.0
     member_timeout: float = 3.0
     durable: tuple[DurableRule, ...] = ()
+    workflows: str = ""
+    workflows_db: str = "sqlite:///agentcast-data/workflows.db"
+    workflows_token: str = ""
     security: SecurityConfig = field(default_factory=SecurityConfig)
     hub: HubConfig = field(default_factory=HubConfig)
 

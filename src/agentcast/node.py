@@ -16,12 +16,13 @@ import logging
 import secrets
 import time
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from agentcast.brokers.base import Broker
 from agentcast.brokers.factory import open_broker
-from agentcast.config import ServerConfig
+from agentcast.config import ConfigError, ServerConfig
 from agentcast.hub.cluster import ClusterLink
 from agentcast.hub.durability import DurabilityRules
 from agentcast.hub.group_relay import GroupRelay
@@ -36,6 +37,9 @@ from agentcast.storage.base import HistoryStore
 from agentcast.storage.consumers import ConsumerStore
 from agentcast.transport.http import make_http_app
 from agentcast.transport.ws import WS_PATH, WebSocketConnection, start_websocket_server
+
+if TYPE_CHECKING:
+    from agentcast.orchestration.embedded import EmbeddedOrchestrator
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,7 @@ class Node:
         self.drain_requested = asyncio.Event()
         self.history: HistoryStore | None = None
         self.consumers: ConsumerStore | None = None
+        self.orchestrator: EmbeddedOrchestrator | None = None
 
     @property
     def ws_url(self) -> str:
@@ -134,6 +139,27 @@ class Node:
         self._sweeper = asyncio.create_task(self._sweep(), name="agentcast-sweep")
         self.ready = True
         log.info("agentcast node %s ready: %s and %s", self.node_id, self.ws_url, self.http_url)
+        if config.workflows:
+            self._start_workflows()
+
+    def _start_workflows(self) -> None:
+        """Run the ``workflows`` of the config against this node (see
+        :mod:`agentcast.orchestration.embedded`)."""
+        from agentcast.orchestration.embedded import EmbeddedOrchestrator
+        from agentcast.orchestration.workflow import import_workflows
+
+        config = self.config
+        try:
+            workflows = import_workflows(config.workflows)
+        except ValueError as exc:
+            raise ConfigError(f"config key 'workflows': {exc}") from None
+        self.orchestrator = EmbeddedOrchestrator(
+            workflows,
+            dsn=config.workflows_db,
+            url=self.ws_url,
+            token=config.workflows_token or None,
+        )
+        self.orchestrator.start()
 
     def request_drain(self) -> None:
         """Report not-ready at once and ask whoever runs the node to stop it
@@ -183,6 +209,9 @@ class Node:
     async def stop(self) -> None:
         """Drain and close; safe to call twice."""
         self.ready = False
+        if self.orchestrator is not None:
+            await self.orchestrator.stop()
+            self.orchestrator = None
         if self._ws_server is not None:
             self._ws_server.close()
         if self.hub is not None and self.hub.durable_log is not None:

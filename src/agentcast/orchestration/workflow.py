@@ -28,6 +28,9 @@ the state the previous one returned.
 from __future__ import annotations
 
 import copy
+import importlib
+import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,3 +167,25 @@ def collect_workflows(value: object) -> list[Workflow]:
     if len(set(names)) != len(names):
         raise ValueError(f"workflow names must be unique: {names}")
     return workflows
+
+
+def import_workflows(spec: str) -> list[Workflow]:
+    """Import ``module:attribute`` (the current directory is importable) and return the
+    workflows it names; raise ``ValueError`` saying why not."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"expected module:attribute, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r}: {exc}") from None
+    try:
+        value = getattr(module, attribute)
+    except AttributeError:
+        raise ValueError(f"{module_name!r} has no attribute {attribute!r}") from None
+    try:
+        return collect_workflows(value)
+    except ValueError as exc:
+        raise ValueError(f"{spec}: {exc}") from None
