@@ -16,7 +16,6 @@ import logging
 import secrets
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -29,6 +28,8 @@ from agentcast.hub.group_relay import GroupRelay
 from agentcast.hub.hub import Hub
 from agentcast.hub.presence import presence_for
 from agentcast.metrics import make_registry, render
+from agentcast.orchestration.embedded import EmbeddedOrchestrator
+from agentcast.orchestration.workflow import Workflow, import_workflows
 from agentcast.protocol.codes import CloseCode
 from agentcast.protocol.envelope import rfc3339_at
 from agentcast.security.guard import Security
@@ -37,9 +38,6 @@ from agentcast.storage.base import HistoryStore
 from agentcast.storage.consumers import ConsumerStore
 from agentcast.transport.http import make_http_app
 from agentcast.transport.ws import WS_PATH, WebSocketConnection, start_websocket_server
-
-if TYPE_CHECKING:
-    from agentcast.orchestration.embedded import EmbeddedOrchestrator
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +81,7 @@ class Node:
         """Bind both listeners; ready once both accept connections."""
         loop = asyncio.get_running_loop()
         config = self.config
+        workflows = self._load_workflows()
         security = Security(config.security)
         ssl_context = security.ssl_context()
         self._tls = ssl_context is not None
@@ -139,27 +138,24 @@ class Node:
         self._sweeper = asyncio.create_task(self._sweep(), name="agentcast-sweep")
         self.ready = True
         log.info("agentcast node %s ready: %s and %s", self.node_id, self.ws_url, self.http_url)
-        if config.workflows:
-            self._start_workflows()
+        if workflows:
+            self.orchestrator = EmbeddedOrchestrator(
+                workflows,
+                dsn=config.workflows_db,
+                url=self.ws_url,
+                token=config.workflows_token or None,
+            )
+            self.orchestrator.start()
 
-    def _start_workflows(self) -> None:
-        """Run the ``workflows`` of the config against this node (see
-        :mod:`agentcast.orchestration.embedded`)."""
-        from agentcast.orchestration.embedded import EmbeddedOrchestrator
-        from agentcast.orchestration.workflow import import_workflows
-
-        config = self.config
+    def _load_workflows(self) -> list[Workflow]:
+        """The workflows the ``workflows`` config key names (none when it is empty); run
+        against this node once it is ready (see :mod:`agentcast.orchestration.embedded`)."""
+        if not self.config.workflows:
+            return []
         try:
-            workflows = import_workflows(config.workflows)
+            return import_workflows(self.config.workflows)
         except ValueError as exc:
             raise ConfigError(f"config key 'workflows': {exc}") from None
-        self.orchestrator = EmbeddedOrchestrator(
-            workflows,
-            dsn=config.workflows_db,
-            url=self.ws_url,
-            token=config.workflows_token or None,
-        )
-        self.orchestrator.start()
 
     def request_drain(self) -> None:
         """Report not-ready at once and ask whoever runs the node to stop it

@@ -12,7 +12,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from agentcast.orchestration import Publish, Step, Workflow
+from agentcast.orchestration import Publish, StartTimer, Step, Workflow
 from agentcast.protocol.envelope import Envelope
 
 IN = "t.tally.in"
@@ -36,6 +36,18 @@ def add(state: Any, event: Envelope) -> Step:
     state["count"] += 1
     state["sum"] += int(event.payload["v"])
     output = {"run": event.correlation_id, "count": state["count"], "v": event.payload["v"]}
+    return Step(state, [Publish(OUT, output)])
+
+
+@tally.on(IN, when=lambda e: e.headers.get("type") == "remind")
+def remind(state: Any, event: Envelope) -> Step:
+    return Step(state, [StartTimer("remind", float(event.payload["after"]), event.payload)])
+
+
+@tally.on_timer("remind")
+def reminded(state: Any, event: Envelope) -> Step:
+    state["reminded"] = state.get("reminded", 0) + 1
+    output = {"run": event.correlation_id, "reminder": event.payload["note"]}
     return Step(state, [Publish(OUT, output)])
 
 

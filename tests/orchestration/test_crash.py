@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import sys
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -111,10 +112,14 @@ async def wait_for_counts(dsn: str, expected: dict[str, int], seconds: float) ->
 
 
 async def publish_run(client: Client, run: str, values: list[int], crash_at: int = -1) -> None:
-    await client.publish(IN, None, headers={"type": "start"}, correlation_id=run)
+    """A run's events, with the run as ``key`` header: the group never has two of them in
+    flight at once, so even two orchestrators apply them in order."""
+    headers = {"type": "start", "key": run}
+    await client.publish(IN, None, headers=headers, correlation_id=run)
     for index, value in enumerate(values):
         payload = {"v": value, "crash": index == crash_at}
-        await client.publish(IN, payload, headers={"type": "add"}, correlation_id=run)
+        headers = {"type": "add", "key": run}
+        await client.publish(IN, payload, headers=headers, correlation_id=run)
 
 
 def check_outputs(events: list[Envelope], runs: dict[str, list[int]]) -> None:
@@ -173,14 +178,51 @@ async def test_kill_between_committing_and_publishing(dnode: Node, tmp_path: Pat
         assert len(await history(client, OUT, len(values))) == len(values)
 
 
+@pytest.mark.timeout(120)
+async def test_timer_fires_once_after_a_crash(dnode: Node, tmp_path: Path) -> None:
+    dsn = f"sqlite:///{tmp_path}/wf.db"
+    orchestrator = OrchestratorProcess(dsn, dnode.ws_url, tmp_path / "never")
+    await orchestrator.start()
+    async with Client(dnode.ws_url) as client:
+        out = await client.subscribe(OUT)
+        await publish_run(client, "run-t", [1])
+        await client.publish(
+            IN, {"after": 1.0, "note": "n1"}, headers={"type": "remind"}, correlation_id="run-t"
+        )
+        await asyncio.wait_for(out.get(), 30)  # the add's output: the timer is committed too
+        async with store_of(dsn) as store:
+            (due,) = await store.due(2**62)
+        await orchestrator.kill()
+        # Let the timer come due while no orchestrator runs.
+        await asyncio.sleep(max(0.0, due.due_us / 1e6 - time.time()) + 0.2)
+        await orchestrator.start()
+        try:
+            reminder = await asyncio.wait_for(out.get(), 30)
+            assert reminder.payload == {"run": "run-t", "reminder": "n1"}
+            await wait_for_counts(dsn, {"run-t": 1}, 30)
+            async with store_of(dsn) as store:
+                instance = await store.instance("tally", "run-t")
+                assert await store.next_due_us() is None
+        finally:
+            await orchestrator.kill(signal.SIGTERM)
+        assert instance is not None and orjson.loads(instance.state)["reminded"] == 1
+        last = await client.subscribe(OUT, last=1)
+        assert last.position is not None and last.position.seq == 2
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_random_kills_under_load(dnode: Node, wf_dsn: str, tmp_path: Path) -> None:
+    """Two orchestrators share the group and the database; one at a time is killed -9
+    and restarted while events flow: the other takes over its deliveries."""
     rng = random.Random(7)
     runs = {f"run-{n}": [rng.randrange(100) for _ in range(30)] for n in range(20)}
     total = sum(len(v) for v in runs.values())
-    orchestrator = OrchestratorProcess(wf_dsn, dnode.ws_url, tmp_path / "never")
-    await orchestrator.start()
+    orchestrators = [
+        OrchestratorProcess(wf_dsn, dnode.ws_url, tmp_path / "never") for _ in range(2)
+    ]
+    for orchestrator in orchestrators:
+        await orchestrator.start()
     async with Client(dnode.ws_url) as client:
         out = await client.subscribe(OUT, buffer_size=4 * total)
         seen: set[tuple[str, int]] = set()
@@ -195,15 +237,17 @@ async def test_random_kills_under_load(dnode: Node, wf_dsn: str, tmp_path: Path)
             *(publish_run(client, run, values) for run, values in runs.items())
         )
         try:
-            for kill in range(3):
-                await wait_outputs(len(seen) + 1 + kill)
-                await orchestrator.kill()
-                await orchestrator.start()
+            for kill in range(4):
+                await wait_outputs(len(seen) + 1)
+                victim = orchestrators[kill % 2]
+                await victim.kill()
+                await victim.start()
             await publisher
             await wait_outputs(total)
             await wait_for_counts(wf_dsn, {run: len(v) for run, v in runs.items()}, 60)
         finally:
-            await orchestrator.kill(signal.SIGTERM)
+            for orchestrator in orchestrators:
+                await orchestrator.kill(signal.SIGTERM)
         events = await history(client, OUT, total)
         last = await client.subscribe(OUT, last=1)
         assert last.position is not None

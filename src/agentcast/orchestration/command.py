@@ -49,6 +49,12 @@ def _dsn_option(func: Any) -> Any:
     show_default=True,
     help="Seconds before the node gives an unacked event to another orchestrator.",
 )
+@click.option(
+    "--key-header",
+    default="key",
+    show_default=True,
+    help="Header whose equal values are never in flight together (per-instance order).",
+)
 @click.option("--no-relay", is_flag=True, help="Do not publish intents here (run `outbox relay`).")
 @click.option(
     "--progress",
@@ -66,6 +72,7 @@ def orchestrate(
     group: str,
     batch: int,
     ack_timeout: float,
+    key_header: str,
     no_relay: bool,
     progress: float,
     log_level: str,
@@ -86,6 +93,7 @@ def orchestrate(
             group=group,
             batch=batch,
             ack_timeout=ack_timeout,
+            key_header=key_header,
             relay=not no_relay,
         )
     except ValueError as exc:

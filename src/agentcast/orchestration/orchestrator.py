@@ -6,7 +6,10 @@ One orchestrator process (or several sharing a database and a group name):
   each event to one member (in a cluster the group runs on its tenant's ring owner), so
   several orchestrators share the work and take it over when one dies: its unacked
   deliveries go to the others after the group's ``ack_timeout`` (at once when its
-  connection closes);
+  connection closes). Order: one orchestrator applies each topic's events in ``seq``
+  order; with several, give an instance's events a ``key_header`` header (default ``key``)
+  equal to their correlation key, and the group never has two of them in flight at once,
+  so they are applied in order whoever takes them;
 * applies deliveries in batches of up to ``batch`` through the
   :class:`~agentcast.orchestration.store.WorkflowStore` (one transaction per batch) and
   acks them only after the commit. When a batch fails (a handler raised), its events are
@@ -77,6 +80,7 @@ class Orchestrator:
         batch: int = DEFAULT_BATCH,
         ack_timeout: float = DEFAULT_ACK_TIMEOUT,
         max_deliver: int | None = None,
+        key_header: str = "key",
         wake_interval: float = DEFAULT_WAKE_INTERVAL,
         retry_delay: float = DEFAULT_RETRY_DELAY,
         relay: bool = True,
@@ -92,6 +96,7 @@ class Orchestrator:
         self.batch = batch
         self.ack_timeout = ack_timeout
         self.max_deliver = max_deliver
+        self.key_header = key_header
         self.wake_interval = wake_interval
         self.retry_delay = retry_delay
         self.clock = clock
@@ -117,6 +122,7 @@ class Orchestrator:
                         ack_timeout=self.ack_timeout,
                         max_deliver=self.max_deliver,
                         max_in_flight=self.batch,
+                        key_header=self.key_header,
                     )
                     for topic in self.engine.topics()
                 ]
