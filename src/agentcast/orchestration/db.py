@@ -123,14 +123,19 @@ class SqliteDb:
     async def lock(self, workflow: str, key: str) -> None:
         return None
 
+    def _open_conn(self) -> Any:
+        if self._conn is None:
+            raise RuntimeError("the workflow store is not open")
+        return self._conn
+
     async def execute(self, sql: str, *args: Any) -> int:
-        cursor = await self._conn.execute(sql.format(p=""), args)
+        cursor = await self._open_conn().execute(sql.format(p=""), args)
         count = int(cursor.rowcount)
         await cursor.close()
         return count
 
     async def fetchall(self, sql: str, *args: Any) -> list[Sequence[Any]]:
-        cursor = await self._conn.execute(sql.format(p=""), args)
+        cursor = await self._open_conn().execute(sql.format(p=""), args)
         rows = await cursor.fetchall()
         await cursor.close()
         return list(rows)
@@ -198,13 +203,18 @@ class PostgresDb:
             self._sql[sql] = cached
         return cached
 
+    def _open_conn(self) -> Any:
+        if self._conn is None:
+            raise RuntimeError("the workflow store is not open")
+        return self._conn
+
     async def execute(self, sql: str, *args: Any) -> int:
-        status = await self._conn.execute(self._translate(sql), *args)
+        status = await self._open_conn().execute(self._translate(sql), *args)
         tail = str(status).rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
 
     async def fetchall(self, sql: str, *args: Any) -> list[Sequence[Any]]:
-        return list(await self._conn.fetch(self._translate(sql), *args))
+        return list(await self._open_conn().fetch(self._translate(sql), *args))
 
 
 def open_db(dsn: str) -> Db:
