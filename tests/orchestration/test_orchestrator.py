@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from agentcast.client import Client
 from agentcast.client.subscription import Subscription
@@ -75,6 +76,11 @@ async def test_commands_results_timers_and_completion(dnode: Node, wf_dsn: str) 
         instance = await orchestrator.store.instance("counter", "run-1")
         assert instance is not None and instance.status == COMPLETED
         assert agent.ok == 1 and orchestrator.stats.failures == 0
+        exposition = generate_latest(orchestrator.metrics.registry).decode()
+        transitions = f"agentcast_workflow_transitions_total {orchestrator.stats.applied:.1f}"
+        assert transitions in exposition and orchestrator.stats.applied >= 8
+        assert "agentcast_workflow_batch_seconds_count" in exposition
+        assert "agentcast_outbox_published_total" in exposition
 
 
 @pytest.mark.timeout(90)

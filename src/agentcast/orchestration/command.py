@@ -63,6 +63,9 @@ def _dsn_option(func: Any) -> Any:
     show_default=True,
     help="Seconds between progress lines on stderr (0: none).",
 )
+@click.option(
+    "--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port."
+)
 @click.option("--log-level", default="info", show_default=True)
 def orchestrate(
     spec: str,
@@ -75,6 +78,7 @@ def orchestrate(
     key_header: str,
     no_relay: bool,
     progress: float,
+    metrics_port: int | None,
     log_level: str,
 ) -> None:
     """Run the workflows MODULE:WORKFLOWS (a Workflow or a list) against a node until
@@ -98,6 +102,10 @@ def orchestrate(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1", registry=orchestrator.metrics.registry)
 
     async def report(stop: asyncio.Event) -> None:
         await orchestrator.ready.wait()

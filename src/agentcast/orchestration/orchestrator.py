@@ -21,7 +21,8 @@ One orchestrator process (or several sharing a database and a group name):
   ``agentcast outbox relay`` on it), nudged after every commit that wrote messages.
 
 Counters: :attr:`stats` (a :class:`~agentcast.orchestration.store.Counts` of everything
-done, plus ``batches``, ``failures`` and ``wakeups``).
+done, plus ``batches``, ``failures`` and ``wakeups``), exposed with the relay's families
+on :attr:`metrics` (``metrics.registry``; see :mod:`agentcast.orchestration.metrics`).
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ from agentcast.client.groups import GroupDelivery, GroupSubscription
 from agentcast.errors import ClientError, ConnectionClosed
 from agentcast.orchestration.db import open_db
 from agentcast.orchestration.engine import Engine
+from agentcast.orchestration.metrics import OrchestratorMetrics
 from agentcast.orchestration.store import Counts, WorkflowStore
 from agentcast.orchestration.workflow import Workflow
+from agentcast.outbox.metrics import RelayMetrics
 from agentcast.outbox.relay import Relay
 
 log = logging.getLogger("agentcast.orchestration")
@@ -101,8 +104,13 @@ class Orchestrator:
         self.retry_delay = retry_delay
         self.clock = clock
         self.store = WorkflowStore(open_db(dsn), self.engine)
-        self.relay = Relay.from_dsn(dsn, url, token=token) if relay else None
         self.stats = OrchestratorStats()
+        self.metrics = OrchestratorMetrics(self.stats)
+        self.relay = (
+            Relay.from_dsn(dsn, url, token=token, metrics=RelayMetrics(self.metrics.registry))
+            if relay
+            else None
+        )
         self.ready = asyncio.Event()
         self._wake = asyncio.Event()
 
@@ -160,6 +168,7 @@ class Orchestrator:
             await self._apply(deliveries)
 
     async def _apply(self, deliveries: list[GroupDelivery]) -> None:
+        started = time.perf_counter()
         try:
             counts = await self.store.process([d.envelope for d in deliveries])
         except Exception:
@@ -169,6 +178,7 @@ class Orchestrator:
             for delivery in deliveries:
                 await self._apply([delivery])
             return
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.stats.batches += 1
         self._done(counts)
         await asyncio.gather(*(self._settle(d.ack()) for d in deliveries))
