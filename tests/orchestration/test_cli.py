@@ -42,7 +42,7 @@ def record(dsn: str, *, tamper: bool = False) -> None:
             await store.process([event(3, "reserve", {"name": "gpu"})])
             await store.process([event(4, None, "boom", topic=RESULTS)])
             if tamper:
-                await store.db.execute(
+                await store.execute(
                     "UPDATE agentcast_wf_log SET state = ? WHERE step = 2", '{"n":4,"seen":[4]}'
                 )
         finally:

@@ -32,10 +32,13 @@ def event(kind: str | None, payload: Any = None, *, topic: str = IN, run: str = 
 
 
 async def outbox(store: WorkflowStore) -> list[tuple[str, Any, dict[str, str]]]:
-    rows = await store.db.fetchall(
+    rows = await store.fetchall(
         "SELECT topic, payload, headers FROM {p}agentcast_outbox ORDER BY id"
     )
-    return [(str(t), orjson.loads(p), orjson.loads(h)) for t, p, h in rows]
+    def json(value: Any) -> Any:  # jsonb arrives decoded from PostgreSQL, text from SQLite
+        return orjson.loads(value) if isinstance(value, str) else value
+
+    return [(str(t), json(p), json(h)) for t, p, h in rows]
 
 
 @pytest.fixture
@@ -107,7 +110,7 @@ async def test_timer_chain_and_completion_clear_the_instance(store: WorkflowStor
     await store.process([event(None, topic=RESULTS, status="done", run="r4")])
     instance = await store.instance("counter", "r4")
     assert instance is not None and instance.status == COMPLETED
-    processed = await store.db.fetchall("SELECT count(*) FROM {p}agentcast_wf_processed")
+    processed = await store.fetchall("SELECT count(*) FROM {p}agentcast_wf_processed")
     assert int(processed[0][0]) == 0
     ticks = [p["tick"] for t, p, _ in await outbox(store) if t == OUT and "tick" in p]
     assert ticks == [1, 2, 3]

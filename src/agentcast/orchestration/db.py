@@ -1,12 +1,19 @@
-"""The two databases a workflow store runs on, behind one small async interface.
+"""The two databases a workflow store runs on, behind one small synchronous interface.
 
-:class:`Db` is what :class:`~agentcast.orchestration.store.WorkflowStore` needs: a
-transaction, a few statements written once with ``?`` placeholders and ``{p}`` as the table
-prefix, a per-instance lock, and the connection the outbox writer adds rows on (so the
-outbox rows commit or roll back with the instance). SQLite (aiosqlite, WAL, one writer:
-``BEGIN IMMEDIATE`` serialises transactions, the lock is a no-op) and PostgreSQL (asyncpg,
-a transaction-scoped advisory lock per instance, so concurrent orchestrators sharing the
-database never interleave two transitions of one instance).
+:class:`Db` is what the store's transaction code needs: a transaction, statements written
+once with ``?`` placeholders and ``{p}`` as the table prefix, a per-instance lock, and the
+connection the outbox writer adds rows on (so the outbox rows commit or roll back with
+the instance). It is synchronous on purpose: the store runs a whole batch transaction in
+one dedicated thread, so a batch costs one hand-off from the event loop rather than one
+per statement.
+
+* SQLite (:mod:`sqlite3`, WAL, ``synchronous=NORMAL``): ``BEGIN IMMEDIATE`` takes the
+  database's single write lock, which serialises transactions (also across processes);
+  the per-instance lock is a no-op.
+* PostgreSQL (psycopg 3): a transaction-scoped advisory lock per instance, so concurrent
+  orchestrators sharing the database never interleave two transitions of one instance.
+
+Every method must be called from the thread that called :meth:`Db.open`.
 """
 
 from __future__ import annotations
@@ -17,7 +24,13 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from agentcast.outbox.dsn import parse_dsn
-from agentcast.outbox.schema import init_postgres_connection, init_sqlite_connection, pg_prefix
+from agentcast.outbox.schema import (
+    DEFAULT_PARTITIONS,
+    MIGRATION_LOCK,
+    init_sqlite_connection,
+    pg_prefix,
+    postgres_ddl,
+)
 
 INSTANCE_LOCK_CLASS = 0x61637766  # advisory lock class of workflow instances ("acwf")
 
@@ -48,173 +61,172 @@ _PLACEHOLDER = re.compile(r"\?")
 
 
 class Db(Protocol):
-    """One connection to the store's database."""
+    """One connection to the store's database (see the module doc)."""
 
     schema: str | None
 
     @property
-    def outbox_conn(self) -> object:
+    def outbox_conn(self) -> Any:
         """The connection to hand to :func:`agentcast.outbox.add` inside a transaction."""
 
-    async def open(self) -> None:
+    def open(self) -> None:
         """Connect and create the workflow and outbox tables (idempotent)."""
 
-    async def close(self) -> None: ...
+    def close(self) -> None: ...
 
-    async def begin(self) -> None:
+    def begin(self) -> None:
         """Start a write transaction."""
 
-    async def commit(self) -> None: ...
+    def commit(self) -> None: ...
 
-    async def rollback(self) -> None: ...
+    def rollback(self) -> None: ...
 
-    async def lock(self, workflow: str, key: str) -> None:
+    def lock(self, workflow: str, key: str) -> None:
         """Hold the instance until the transaction ends."""
 
-    async def execute(self, sql: str, *args: Any) -> int:
+    def execute(self, sql: str, *args: Any) -> int:
         """Run one statement; return the number of rows it changed."""
 
-    async def fetchall(self, sql: str, *args: Any) -> list[Sequence[Any]]: ...
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    def fetchall(self, sql: str, *args: Any) -> list[Sequence[Any]]: ...
 
 
 class SqliteDb:
-    """aiosqlite on a WAL database file."""
+    """:mod:`sqlite3` on a WAL database file."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.schema: str | None = None
-        self._conn: Any = None
+        self._conn: sqlite3.Connection | None = None
 
     @property
-    def outbox_conn(self) -> object:
-        return self._conn
+    def outbox_conn(self) -> Any:
+        return self._open_conn()
 
-    async def open(self) -> None:
-        import aiosqlite
-
-        setup = sqlite3.connect(self.path)
+    def open(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout=10000")
+        init_sqlite_connection(conn)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            init_sqlite_connection(setup)
-            with setup:
-                for statement in _TABLES:
-                    setup.execute(statement.format(p="", serial="INTEGER PRIMARY KEY"))
-        finally:
-            setup.close()
-        self._conn = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._conn.execute("PRAGMA journal_mode=WAL")
-        await self._conn.execute("PRAGMA synchronous=NORMAL")
-        await self._conn.execute("PRAGMA busy_timeout=10000")
+            for statement in _TABLES:
+                conn.execute(statement.format(p="", serial="INTEGER PRIMARY KEY"))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            conn.close()
+            raise
+        self._conn = conn
 
-    async def close(self) -> None:
+    def close(self) -> None:
         if self._conn is not None:
-            await self._conn.close()
+            self._conn.close()
             self._conn = None
 
-    async def begin(self) -> None:
-        await self._conn.execute("BEGIN IMMEDIATE")
-
-    async def commit(self) -> None:
-        await self._conn.execute("COMMIT")
-
-    async def rollback(self) -> None:
-        if self._conn is not None and self._conn.in_transaction:
-            await self._conn.execute("ROLLBACK")
-
-    async def lock(self, workflow: str, key: str) -> None:
-        return None
-
-    def _open_conn(self) -> Any:
+    def _open_conn(self) -> sqlite3.Connection:
         if self._conn is None:
             raise RuntimeError("the workflow store is not open")
         return self._conn
 
-    async def execute(self, sql: str, *args: Any) -> int:
-        cursor = await self._open_conn().execute(sql.format(p=""), args)
-        count = int(cursor.rowcount)
-        await cursor.close()
-        return count
+    def begin(self) -> None:
+        self._open_conn().execute("BEGIN IMMEDIATE")
 
-    async def fetchall(self, sql: str, *args: Any) -> list[Sequence[Any]]:
-        cursor = await self._open_conn().execute(sql.format(p=""), args)
-        rows = await cursor.fetchall()
-        await cursor.close()
-        return list(rows)
+    def commit(self) -> None:
+        self._open_conn().execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self._conn is not None and self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    def lock(self, workflow: str, key: str) -> None:
+        return None
+
+    def execute(self, sql: str, *args: Any) -> int:
+        return self._open_conn().execute(sql.format(p=""), args).rowcount
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._open_conn().executemany(sql.format(p=""), rows)
+
+    def fetchall(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        return self._open_conn().execute(sql.format(p=""), args).fetchall()
 
 
 class PostgresDb:
-    """asyncpg on one connection; tables in ``schema`` (or the ``search_path``)."""
+    """psycopg 3 on one connection; tables in ``schema`` (or the ``search_path``)."""
 
     def __init__(self, url: str, schema: str | None) -> None:
         self.url = url
         self.schema = schema
         self._prefix = pg_prefix(schema)
         self._conn: Any = None
-        self._tx: Any = None
         self._sql: dict[str, str] = {}
 
     @property
-    def outbox_conn(self) -> object:
-        return self._conn
+    def outbox_conn(self) -> Any:
+        return self._open_conn()
 
-    async def open(self) -> None:
-        import asyncpg
+    def open(self) -> None:
+        import psycopg
 
-        self._conn = await asyncpg.connect(self.url)
-        if self.schema is not None:
-            await self._conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
-        await init_postgres_connection(self._conn, self.schema)
-        async with self._conn.transaction():
-            await self._conn.execute("SELECT pg_advisory_xact_lock($1)", INSTANCE_LOCK_CLASS)
-            for statement in _TABLES:
-                await self._conn.execute(
-                    statement.format(p=self._prefix, serial="BIGSERIAL PRIMARY KEY")
-                )
+        conn = psycopg.connect(self.url, autocommit=False)
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                for statement in postgres_ddl(self.schema, DEFAULT_PARTITIONS):
+                    conn.execute(statement)
+                for statement in _TABLES:
+                    text = statement.format(p=self._prefix, serial="BIGSERIAL PRIMARY KEY")
+                    conn.execute(text)
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
 
-    async def close(self) -> None:
+    def close(self) -> None:
         if self._conn is not None:
-            await self._conn.close()
+            self._conn.close()
             self._conn = None
-
-    async def begin(self) -> None:
-        self._tx = self._conn.transaction()
-        await self._tx.start()
-
-    async def commit(self) -> None:
-        tx, self._tx = self._tx, None
-        await tx.commit()
-
-    async def rollback(self) -> None:
-        tx, self._tx = self._tx, None
-        if tx is not None and self._conn is not None and not self._conn.is_closed():
-            await tx.rollback()
-
-    async def lock(self, workflow: str, key: str) -> None:
-        await self._conn.execute(
-            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-            INSTANCE_LOCK_CLASS,
-            f"{workflow}\x1f{key}",
-        )
-
-    def _translate(self, sql: str) -> str:
-        cached = self._sql.get(sql)
-        if cached is None:
-            counter = iter(range(1, 1000))
-            cached = _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql.format(p=self._prefix))
-            self._sql[sql] = cached
-        return cached
 
     def _open_conn(self) -> Any:
         if self._conn is None:
             raise RuntimeError("the workflow store is not open")
         return self._conn
 
-    async def execute(self, sql: str, *args: Any) -> int:
-        status = await self._open_conn().execute(self._translate(sql), *args)
-        tail = str(status).rsplit(" ", 1)[-1]
-        return int(tail) if tail.isdigit() else 0
+    def begin(self) -> None:
+        self._open_conn()  # psycopg opens the transaction with the first statement
 
-    async def fetchall(self, sql: str, *args: Any) -> list[Sequence[Any]]:
-        return list(await self._open_conn().fetch(self._translate(sql), *args))
+    def commit(self) -> None:
+        self._open_conn().commit()
+
+    def rollback(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._conn.rollback()
+
+    def lock(self, workflow: str, key: str) -> None:
+        self._open_conn().execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+            (INSTANCE_LOCK_CLASS, f"{workflow}\x1f{key}"),
+        )
+
+    def _translate(self, sql: str) -> str:
+        cached = self._sql.get(sql)
+        if cached is None:
+            cached = _PLACEHOLDER.sub("%s", sql.format(p=self._prefix))
+            self._sql[sql] = cached
+        return cached
+
+    def execute(self, sql: str, *args: Any) -> int:
+        return int(self._open_conn().execute(self._translate(sql), args).rowcount)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self._open_conn().cursor() as cursor:
+            cursor.executemany(self._translate(sql), rows)
+
+    def fetchall(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        return list(self._open_conn().execute(self._translate(sql), args).fetchall())
 
 
 def open_db(dsn: str) -> Db:

@@ -22,14 +22,20 @@ with :class:`~agentcast.orchestration.engine.WorkflowError`, and its delivery go
 the group). Parked events are applied, in arrival order, in the transaction that starts the
 instance. When an instance ends its processed ids and parked events are deleted: later
 inputs of an ended instance are ignored anyway.
+
+Threads: all database work of a store runs in one dedicated thread (a batch is one
+hand-off from the event loop); the async methods may be called from any task, one at a
+time is executed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import orjson
 
@@ -41,6 +47,8 @@ from agentcast.outbox.writer import add as outbox_add
 from agentcast.protocol.envelope import Envelope
 
 DEFAULT_MAX_PARKED = 1000
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -89,15 +97,19 @@ class WorkflowStore:
         self.db = db
         self.engine = engine
         self.max_parked = max_parked
-        self._lock = asyncio.Lock()  # one connection: one statement sequence at a time
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="agentcast-workflows")
+        self._lock = asyncio.Lock()
+
+    async def _call(self, function: Callable[[], T]) -> T:
+        async with self._lock:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, function)
 
     async def open(self) -> None:
-        await self.db.open()
+        await self._call(self.db.open)
 
     async def close(self) -> None:
-        await self.db.close()
-
-    # -- writing ---------------------------------------------------------------------------
+        await self._call(self.db.close)
+        self._thread.shutdown(wait=False)
 
     async def process(self, events: Sequence[Envelope]) -> Counts:
         """Apply ``events``, in order, to every instance each selects, in one transaction.
@@ -105,42 +117,142 @@ class WorkflowStore:
         Raises whatever a handler raises (or :class:`WorkflowError`); then nothing of the
         batch is kept.
         """
-        async with self._lock:
-            return await self._process(events)
+        return await self._call(lambda: _Transaction(self).process(events))
 
-    async def _process(self, events: Sequence[Envelope]) -> Counts:
+    async def wake(self, due: Wakeup) -> Counts:
+        """Fire one wake-up if it is still scheduled as ``due`` says, in one transaction."""
+        return await self._call(lambda: _Transaction(self).wake(due))
+
+    async def instance(self, workflow: str, key: str) -> Instance | None:
+        """The instance as last committed, or ``None``."""
+
+        def read() -> Instance | None:
+            try:
+                return _load(self.db, workflow, key)
+            finally:
+                self.db.rollback()  # end PostgreSQL's implicit transaction
+
+        return await self._call(read)
+
+    async def instances(self, workflow: str | None = None, limit: int = 100) -> list[Instance]:
+        """Up to ``limit`` instances (of ``workflow``), most recently changed first."""
+        where, args = ("WHERE workflow = ?", [workflow]) if workflow is not None else ("", [])
+        sql = (
+            "SELECT workflow, key, state, meta FROM {p}agentcast_wf_instances "
+            + where
+            + " ORDER BY updated_us DESC LIMIT ?"
+        )
+        rows = await self.fetchall(sql, *args, limit)
+        return [Instance.load(w, k, str(s).encode(), str(m)) for w, k, s, m in rows]
+
+    async def log(self, workflow: str, key: str) -> list[LogEntry]:
+        """The instance's transitions in order."""
+        rows = await self.fetchall(
+            "SELECT step, input, effects, state FROM {p}agentcast_wf_log"
+            " WHERE workflow = ? AND key = ? ORDER BY step",
+            workflow,
+            key,
+        )
+        return [
+            LogEntry(int(step), str(i).encode(), str(e).encode(), str(s).encode())
+            for step, i, e, s in rows
+        ]
+
+    async def due(self, now_us: int, limit: int = 100) -> list[Wakeup]:
+        """Wake-ups due at ``now_us``, earliest first."""
+        rows = await self.fetchall(
+            "SELECT workflow, key, wakeup, due_us FROM {p}agentcast_wf_wakeups"
+            " WHERE due_us <= ? ORDER BY due_us LIMIT ?",
+            now_us,
+            limit,
+        )
+        return [Wakeup(str(w), str(k), str(u), int(d)) for w, k, u, d in rows]
+
+    async def next_due_us(self) -> int | None:
+        """When the earliest wake-up is due, or ``None`` if none is scheduled."""
+        rows = await self.fetchall("SELECT min(due_us) FROM {p}agentcast_wf_wakeups")
+        value = rows[0][0] if rows else None
+        return None if value is None else int(value)
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        """Run one read statement (``?`` placeholders, ``{p}`` table prefix), outside any
+        transaction: for inspection."""
+
+        def read() -> list[Sequence[Any]]:
+            rows = self.db.fetchall(sql, *args)
+            self.db.rollback()  # end PostgreSQL's implicit transaction
+            return rows
+
+        return await self._call(read)
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run one write statement in its own transaction: for maintenance."""
+
+        def write() -> int:
+            self.db.begin()
+            try:
+                count = self.db.execute(sql, *args)
+                self.db.commit()
+            except BaseException:
+                self.db.rollback()
+                raise
+            return count
+
+        return await self._call(write)
+
+
+def _load(db: Db, workflow: str, key: str) -> Instance | None:
+    rows = db.fetchall(
+        "SELECT state, meta FROM {p}agentcast_wf_instances WHERE workflow = ? AND key = ?",
+        workflow,
+        key,
+    )
+    if not rows:
+        return None
+    state, meta = rows[0]
+    return Instance.load(workflow, key, str(state).encode(), str(meta))
+
+
+class _Transaction:
+    """One transaction of a store, run in the store's thread.
+
+    Within it the instances it touched are cached (the transaction holds their locks), so
+    several events of one instance in a batch read its row once.
+    """
+
+    def __init__(self, store: WorkflowStore) -> None:
+        self.db = store.db
+        self.engine = store.engine
+        self.max_parked = store.max_parked
+        self.instances: dict[tuple[str, str], Instance | None] = {}
+
+    def process(self, events: Sequence[Envelope]) -> Counts:
         counts = Counts()
-        await self.db.begin()
+        self.db.begin()
         try:
             for event in events:
                 targets = self.engine.route(event)
                 if not targets:
                     counts.ignored += 1
                 for workflow, key in targets:
-                    counts.add(await self._event(workflow, key, event))
-            await self.db.commit()
+                    counts.add(self._event(workflow, key, event))
+            self.db.commit()
         except BaseException:
-            await self.db.rollback()
+            self.db.rollback()
             raise
         return counts
 
-    async def wake(self, due: Wakeup) -> Counts:
-        """Fire one wake-up if it is still scheduled as ``due`` says, in one transaction."""
-        async with self._lock:
-            return await self._wake(due)
-
-    async def _wake(self, due: Wakeup) -> Counts:
+    def wake(self, due: Wakeup) -> Counts:
         workflow = self.engine.workflows.get(due.workflow)
         counts = Counts()
         if workflow is None:
             return counts
-        await self.db.begin()
+        self.db.begin()
         try:
-            await self.db.lock(due.workflow, due.key)
-            instance = await self._load(due.workflow, due.key)
+            instance = self._instance(due.workflow, due.key)
             if instance is None or instance.schedule().get(due.wakeup) != due.due_us:
                 counts.ignored += 1
-                await self.db.execute(
+                self.db.execute(
                     "DELETE FROM {p}agentcast_wf_wakeups WHERE workflow = ? AND key = ?"
                     " AND wakeup = ? AND due_us = ?",
                     due.workflow,
@@ -154,19 +266,26 @@ class WorkflowStore:
                 if decision.transition is None:
                     counts.ignored += 1
                 else:
-                    counts.sent += await self._write(decision.transition, created=False)
+                    counts.sent += self._write(decision.transition, instance)
                     counts.applied += 1
-            await self.db.commit()
+            self.db.commit()
         except BaseException:
-            await self.db.rollback()
+            self.db.rollback()
             raise
         return counts
 
-    async def _event(self, workflow: Workflow, key: str, event: Envelope) -> Counts:
+    def _instance(self, workflow: str, key: str) -> Instance | None:
+        """The instance, locked for this transaction (read once, then cached)."""
+        if (workflow, key) not in self.instances:
+            self.db.lock(workflow, key)
+            self.instances[workflow, key] = _load(self.db, workflow, key)
+        return self.instances[workflow, key]
+
+    def _event(self, workflow: Workflow, key: str, event: Envelope) -> Counts:
         counts = Counts()
         db = self.db
-        await db.lock(workflow.name, key)
-        seen = await db.fetchall(
+        instance = self._instance(workflow.name, key)
+        seen = db.fetchall(
             "SELECT 1 FROM {p}agentcast_wf_processed WHERE workflow = ? AND key = ?"
             " AND event_id = ?",
             workflow.name,
@@ -176,31 +295,30 @@ class WorkflowStore:
         if seen:
             counts.duplicates += 1
             return counts
-        instance = await self._load(workflow.name, key)
         decision = self.engine.handle(workflow, instance, event)
         if decision.kind == PARK:
-            await self._park(workflow.name, key, event)
+            self._park(workflow.name, key, event)
             counts.parked += 1
         elif decision.kind == APPLY and decision.transition is not None:
-            await self._processed(workflow.name, key, event.id)
-            counts.sent += await self._write(decision.transition, created=instance is None)
+            self._processed(workflow.name, key, event.id)
+            counts.sent += self._write(decision.transition, instance)
             counts.applied += 1
             if instance is None:
-                counts.add(await self._unpark(workflow, decision.transition.instance))
+                counts.add(self._unpark(workflow, decision.transition.instance))
         else:
             counts.ignored += 1
         return counts
 
-    async def _processed(self, workflow: str, key: str, event_id: str) -> None:
-        await self.db.execute(
+    def _processed(self, workflow: str, key: str, event_id: str) -> None:
+        self.db.execute(
             "INSERT INTO {p}agentcast_wf_processed (workflow, key, event_id) VALUES (?, ?, ?)",
             workflow,
             key,
             event_id,
         )
 
-    async def _park(self, workflow: str, key: str, event: Envelope) -> None:
-        rows = await self.db.fetchall(
+    def _park(self, workflow: str, key: str, event: Envelope) -> None:
+        rows = self.db.fetchall(
             "SELECT count(*) FROM {p}agentcast_wf_parked WHERE workflow = ? AND key = ?",
             workflow,
             key,
@@ -210,17 +328,17 @@ class WorkflowStore:
                 f"workflow {workflow!r}: {self.max_parked} events already wait for instance"
                 f" {key!r} to start"
             )
-        await self._processed(workflow, key, event.id)
-        await self.db.execute(
+        self._processed(workflow, key, event.id)
+        self.db.execute(
             "INSERT INTO {p}agentcast_wf_parked (workflow, key, event) VALUES (?, ?, ?)",
             workflow,
             key,
             orjson.dumps(event.to_dict()).decode(),
         )
 
-    async def _unpark(self, workflow: Workflow, instance: Instance) -> Counts:
+    def _unpark(self, workflow: Workflow, instance: Instance) -> Counts:
         counts = Counts()
-        rows = await self.db.fetchall(
+        rows = self.db.fetchall(
             "SELECT id, event FROM {p}agentcast_wf_parked WHERE workflow = ? AND key = ?"
             " ORDER BY id",
             workflow.name,
@@ -228,7 +346,7 @@ class WorkflowStore:
         )
         if not rows:
             return counts
-        await self.db.execute(
+        self.db.execute(
             "DELETE FROM {p}agentcast_wf_parked WHERE workflow = ? AND key = ?",
             workflow.name,
             instance.key,
@@ -237,22 +355,23 @@ class WorkflowStore:
             event = Envelope.from_dict(orjson.loads(text))
             decision = self.engine.handle(workflow, instance, event)
             if decision.kind == APPLY and decision.transition is not None:
-                counts.sent += await self._write(decision.transition, created=False)
+                counts.sent += self._write(decision.transition, instance)
                 counts.applied += 1
                 instance = decision.transition.instance
             else:
                 counts.ignored += 1
         return counts
 
-    async def _write(self, transition: Transition, *, created: bool) -> int:
+    def _write(self, transition: Transition, before: Instance | None) -> int:
         db = self.db
         instance = transition.instance
         name, key = instance.workflow, instance.key
+        self.instances[name, key] = instance
         state = instance.state.decode()
         meta = instance.meta().decode()
         now_us = time.time_ns() // 1000
-        if created:
-            await db.execute(
+        if before is None:
+            db.execute(
                 "INSERT INTO {p}agentcast_wf_instances (workflow, key, status, step, state,"
                 " meta, updated_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 name,
@@ -264,7 +383,7 @@ class WorkflowStore:
                 now_us,
             )
         else:
-            await db.execute(
+            db.execute(
                 "UPDATE {p}agentcast_wf_instances SET status = ?, step = ?, state = ?, meta = ?,"
                 " updated_us = ? WHERE workflow = ? AND key = ?",
                 instance.status,
@@ -275,7 +394,7 @@ class WorkflowStore:
                 name,
                 key,
             )
-        await db.execute(
+        db.execute(
             "INSERT INTO {p}agentcast_wf_log (workflow, key, step, input, effects, state)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             name,
@@ -285,20 +404,18 @@ class WorkflowStore:
             transition.effects.decode(),
             state,
         )
-        await db.execute(
-            "DELETE FROM {p}agentcast_wf_wakeups WHERE workflow = ? AND key = ?", name, key
-        )
-        for wakeup, due in sorted(instance.schedule().items()):
-            await db.execute(
+        schedule = instance.schedule()
+        if before is None or before.schedule() != schedule:
+            db.execute(
+                "DELETE FROM {p}agentcast_wf_wakeups WHERE workflow = ? AND key = ?", name, key
+            )
+            db.executemany(
                 "INSERT INTO {p}agentcast_wf_wakeups (workflow, key, wakeup, due_us)"
                 " VALUES (?, ?, ?, ?)",
-                name,
-                key,
-                wakeup,
-                due,
+                [(name, key, wakeup, due) for wakeup, due in sorted(schedule.items())],
             )
         for message in transition.outgoing:
-            await outbox_add(
+            outbox_add(
                 db.outbox_conn,
                 message.topic,
                 message.payload,
@@ -310,70 +427,5 @@ class WorkflowStore:
             )
         if not instance.running:
             for table in ("agentcast_wf_processed", "agentcast_wf_parked"):
-                await db.execute(
-                    f"DELETE FROM {{p}}{table} WHERE workflow = ? AND key = ?", name, key
-                )
+                db.execute(f"DELETE FROM {{p}}{table} WHERE workflow = ? AND key = ?", name, key)
         return len(transition.outgoing)
-
-    # -- reading ---------------------------------------------------------------------------
-
-    async def _load(self, workflow: str, key: str) -> Instance | None:
-        rows = await self.db.fetchall(
-            "SELECT state, meta FROM {p}agentcast_wf_instances WHERE workflow = ? AND key = ?",
-            workflow,
-            key,
-        )
-        if not rows:
-            return None
-        state, meta = rows[0]
-        return Instance.load(workflow, key, str(state).encode(), str(meta))
-
-    async def instance(self, workflow: str, key: str) -> Instance | None:
-        """The instance as last committed, or ``None``."""
-        async with self._lock:
-            return await self._load(workflow, key)
-
-    async def instances(self, workflow: str | None = None, limit: int = 100) -> list[Instance]:
-        """Up to ``limit`` instances (of ``workflow``), most recently changed first."""
-        where, args = ("WHERE workflow = ?", [workflow]) if workflow is not None else ("", [])
-        async with self._lock:
-            rows = await self.db.fetchall(
-                "SELECT workflow, key, state, meta FROM {p}agentcast_wf_instances "
-                + where
-                + " ORDER BY updated_us DESC LIMIT ?",
-                *args,
-                limit,
-            )
-        return [Instance.load(w, k, str(s).encode(), str(m)) for w, k, s, m in rows]
-
-    async def log(self, workflow: str, key: str) -> list[LogEntry]:
-        """The instance's transitions in order."""
-        async with self._lock:
-            rows = await self.db.fetchall(
-                "SELECT step, input, effects, state FROM {p}agentcast_wf_log"
-                " WHERE workflow = ? AND key = ? ORDER BY step",
-                workflow,
-                key,
-            )
-        return [
-            LogEntry(int(step), str(i).encode(), str(e).encode(), str(s).encode())
-            for step, i, e, s in rows
-        ]
-
-    async def due(self, now_us: int, limit: int = 100) -> list[Wakeup]:
-        """Wake-ups due at ``now_us``, earliest first."""
-        async with self._lock:
-            rows = await self.db.fetchall(
-                "SELECT workflow, key, wakeup, due_us FROM {p}agentcast_wf_wakeups"
-                " WHERE due_us <= ? ORDER BY due_us LIMIT ?",
-                now_us,
-                limit,
-            )
-        return [Wakeup(str(w), str(k), str(u), int(d)) for w, k, u, d in rows]
-
-    async def next_due_us(self) -> int | None:
-        """When the earliest wake-up is due, or ``None`` if none is scheduled."""
-        async with self._lock:
-            rows = await self.db.fetchall("SELECT min(due_us) FROM {p}agentcast_wf_wakeups")
-        value = rows[0][0] if rows else None
-        return None if value is None else int(value)
