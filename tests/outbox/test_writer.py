@@ -141,3 +141,41 @@ async def test_postgres_init_twice(pg_outbox: str) -> None:
         assert count == 8
     finally:
         await conn.close()
+
+
+MESSAGES = [
+    outbox.OutboxMessage("acme.t", {"n": 1}, key="a", correlation_id="c1"),
+    outbox.OutboxMessage("acme.t", {"n": 2}, headers={"h": "v"}),
+    outbox.OutboxMessage("acme.t", {"n": 3}, key="a", causation_id="x"),
+]
+
+
+def test_add_many_sqlite3(sqlite_outbox: str) -> None:
+    conn = sqlite3.connect(sqlite_path(sqlite_outbox))
+    try:
+        outbox.add_many(conn, MESSAGES)
+        conn.rollback()
+        assert conn.execute("SELECT count(*) FROM agentcast_outbox").fetchone() == (0,)
+        outbox.add_many(conn, MESSAGES)
+        conn.commit()
+        rows = conn.execute(
+            "SELECT key, payload, correlation_id, causation_id FROM agentcast_outbox ORDER BY id"
+        ).fetchall()
+        assert rows == [("a", '{"n":1}', "c1", None), (None, '{"n":2}', None, None),
+                        ("a", '{"n":3}', None, "x")]  # fmt: skip
+    finally:
+        conn.close()
+
+
+def test_add_many_psycopg_keeps_each_keys_order(pg_outbox: str) -> None:
+    parsed = parse_dsn(pg_outbox)
+    with psycopg.connect(parsed.target) as conn:
+        outbox.add_many(conn, MESSAGES, schema=parsed.schema)
+        conn.commit()
+        rows = conn.execute(
+            f'SELECT key, payload FROM "{parsed.schema}".agentcast_outbox ORDER BY id'
+        ).fetchall()
+    keyed = [payload["n"] for key, payload in rows if key == "a"]
+    assert keyed == [1, 3] and sorted(p["n"] for _, p in rows) == [1, 2, 3]
+    with psycopg.connect(parsed.target, autocommit=True) as conn, pytest.raises(ValueError):
+        outbox.add_many(conn, MESSAGES, schema=parsed.schema)

@@ -58,6 +58,8 @@ _TABLES = [
 ]
 
 _PLACEHOLDER = re.compile(r"\?")
+_LOAD = "SELECT state, meta FROM agentcast_wf_instances WHERE workflow = ? AND key = ?"
+_SEEN = "SELECT 1 FROM agentcast_wf_processed WHERE workflow = ? AND key = ? AND event_id = ?"
 
 
 class Db(Protocol):
@@ -83,6 +85,15 @@ class Db(Protocol):
 
     def lock(self, workflow: str, key: str) -> None:
         """Hold the instance until the transaction ends."""
+
+    def lock_many(self, keys: Sequence[tuple[str, str]]) -> None:
+        """:meth:`lock` each ``(workflow, key)``, in the given order."""
+
+    def load_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, str]]:
+        """The ``(state, meta)`` of each existing instance among ``keys``."""
+
+    def processed_many(self, ids: Sequence[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+        """Which ``(workflow, key, event_id)`` are in the processed set."""
 
     def execute(self, sql: str, *args: Any) -> int:
         """Run one statement; return the number of rows it changed."""
@@ -142,6 +153,21 @@ class SqliteDb:
 
     def lock(self, workflow: str, key: str) -> None:
         return None
+
+    def lock_many(self, keys: Sequence[tuple[str, str]]) -> None:
+        return None
+
+    def load_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, str]]:
+        found = {}
+        for workflow, key in keys:
+            row = self._open_conn().execute(_LOAD, (workflow, key)).fetchone()
+            if row is not None:
+                found[workflow, key] = (str(row[0]), str(row[1]))
+        return found
+
+    def processed_many(self, ids: Sequence[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+        conn = self._open_conn()
+        return {i for i in ids if conn.execute(_SEEN, i).fetchone() is not None}
 
     def execute(self, sql: str, *args: Any) -> int:
         return self._open_conn().execute(sql.format(p=""), args).rowcount
@@ -210,6 +236,30 @@ class PostgresDb:
             "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
             (INSTANCE_LOCK_CLASS, f"{workflow}\x1f{key}"),
         )
+
+    def lock_many(self, keys: Sequence[tuple[str, str]]) -> None:
+        with self._open_conn().cursor() as cursor:
+            cursor.executemany(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                [(INSTANCE_LOCK_CLASS, f"{w}\x1f{k}") for w, k in keys],
+            )
+
+    def load_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, str]]:
+        rows = self._open_conn().execute(
+            f"SELECT workflow, key, state, meta FROM {self._prefix}agentcast_wf_instances"
+            " WHERE (workflow, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+            ([w for w, _ in keys], [k for _, k in keys]),
+        )
+        return {(str(w), str(k)): (str(s), str(m)) for w, k, s, m in rows.fetchall()}
+
+    def processed_many(self, ids: Sequence[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+        rows = self._open_conn().execute(
+            f"SELECT workflow, key, event_id FROM {self._prefix}agentcast_wf_processed"
+            " WHERE (workflow, key, event_id) IN"
+            " (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))",
+            ([w for w, _, _ in ids], [k for _, k, _ in ids], [e for _, _, e in ids]),
+        )
+        return {(str(w), str(k), str(e)) for w, k, e in rows.fetchall()}
 
     def _translate(self, sql: str) -> str:
         cached = self._sql.get(sql)

@@ -43,7 +43,7 @@ from agentcast.orchestration.db import Db
 from agentcast.orchestration.engine import APPLY, PARK, Engine, Transition, WorkflowError
 from agentcast.orchestration.instance import Instance
 from agentcast.orchestration.workflow import Workflow
-from agentcast.outbox.writer import add as outbox_add
+from agentcast.outbox.writer import OutboxMessage, add_many
 from agentcast.protocol.envelope import Envelope
 
 DEFAULT_MAX_PARKED = 1000
@@ -213,29 +213,65 @@ def _load(db: Db, workflow: str, key: str) -> Instance | None:
     return Instance.load(workflow, key, str(state).encode(), str(meta))
 
 
+_UPSERT_INSTANCE = (
+    "INSERT INTO {p}agentcast_wf_instances (workflow, key, status, step, state, meta,"
+    " updated_us) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (workflow, key) DO UPDATE SET"
+    " status = excluded.status, step = excluded.step, state = excluded.state,"
+    " meta = excluded.meta, updated_us = excluded.updated_us"
+)
+_INSERT_PROCESSED = (
+    "INSERT INTO {p}agentcast_wf_processed (workflow, key, event_id) VALUES (?, ?, ?)"
+)
+_INSERT_LOG = (
+    "INSERT INTO {p}agentcast_wf_log (workflow, key, step, input, effects, state)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+_INSERT_WAKEUP = (
+    "INSERT INTO {p}agentcast_wf_wakeups (workflow, key, wakeup, due_us) VALUES (?, ?, ?, ?)"
+)
+_DELETE_WAKEUPS = "DELETE FROM {p}agentcast_wf_wakeups WHERE workflow = ? AND key = ?"
+_DELETE_PROCESSED = "DELETE FROM {p}agentcast_wf_processed WHERE workflow = ? AND key = ?"
+_DELETE_PARKED = "DELETE FROM {p}agentcast_wf_parked WHERE workflow = ? AND key = ?"
+
+Pair = tuple[str, str]
+
+
 class _Transaction:
     """One transaction of a store, run in the store's thread.
 
-    Within it the instances it touched are cached (the transaction holds their locks), so
-    several events of one instance in a batch read its row once.
+    It locks and reads every instance and processed id the batch needs up front (locks in
+    sorted order, so two orchestrators never deadlock), applies the events in memory, and
+    writes everything with one batched statement per table at the end.
     """
 
     def __init__(self, store: WorkflowStore) -> None:
         self.db = store.db
         self.engine = store.engine
         self.max_parked = store.max_parked
-        self.instances: dict[tuple[str, str], Instance | None] = {}
+        self.instances: dict[Pair, Instance | None] = {}
+        self.loaded: dict[Pair, Instance | None] = {}
+        self.seen: set[tuple[str, str, str]] = set()
+        self.processed: list[tuple[str, str, str]] = []
+        self.logs: list[tuple[str, str, int, str, str, str]] = []
+        self.outbox: list[OutboxMessage] = []
+        self.touched: dict[Pair, Instance] = {}
 
     def process(self, events: Sequence[Envelope]) -> Counts:
         counts = Counts()
         self.db.begin()
         try:
+            targets = []
             for event in events:
-                targets = self.engine.route(event)
-                if not targets:
+                routes = self.engine.route(event)
+                if not routes:
                     counts.ignored += 1
-                for workflow, key in targets:
-                    counts.add(self._event(workflow, key, event))
+                targets += [(workflow, key, event) for workflow, key in routes]
+            self._prefetch(
+                [(w.name, k) for w, k, _ in targets], [(w.name, k, e.id) for w, k, e in targets]
+            )
+            for workflow, key, event in targets:
+                counts.add(self._event(workflow, key, event))
+            self._flush()
             self.db.commit()
         except BaseException:
             self.db.rollback()
@@ -249,12 +285,12 @@ class _Transaction:
             return counts
         self.db.begin()
         try:
-            instance = self._instance(due.workflow, due.key)
+            self._prefetch([(due.workflow, due.key)], [])
+            instance = self.instances[due.workflow, due.key]
             if instance is None or instance.schedule().get(due.wakeup) != due.due_us:
                 counts.ignored += 1
                 self.db.execute(
-                    "DELETE FROM {p}agentcast_wf_wakeups WHERE workflow = ? AND key = ?"
-                    " AND wakeup = ? AND due_us = ?",
+                    _DELETE_WAKEUPS + " AND wakeup = ? AND due_us = ?",
                     due.workflow,
                     due.key,
                     due.wakeup,
@@ -266,42 +302,41 @@ class _Transaction:
                 if decision.transition is None:
                     counts.ignored += 1
                 else:
-                    counts.sent += self._write(decision.transition, instance)
+                    counts.sent += self._record(decision.transition)
                     counts.applied += 1
+            self._flush()
             self.db.commit()
         except BaseException:
             self.db.rollback()
             raise
         return counts
 
-    def _instance(self, workflow: str, key: str) -> Instance | None:
-        """The instance, locked for this transaction (read once, then cached)."""
-        if (workflow, key) not in self.instances:
-            self.db.lock(workflow, key)
-            self.instances[workflow, key] = _load(self.db, workflow, key)
-        return self.instances[workflow, key]
+    def _prefetch(self, pairs: list[Pair], ids: list[tuple[str, str, str]]) -> None:
+        new = sorted(set(pairs) - self.instances.keys())
+        if new:
+            self.db.lock_many(new)
+            rows = self.db.load_many(new)
+            for pair in new:
+                row = rows.get(pair)
+                instance = None if row is None else Instance.load(*pair, row[0].encode(), row[1])
+                self.instances[pair] = self.loaded[pair] = instance
+        if ids:
+            self.seen |= self.db.processed_many(sorted(set(ids)))
 
     def _event(self, workflow: Workflow, key: str, event: Envelope) -> Counts:
         counts = Counts()
-        db = self.db
-        instance = self._instance(workflow.name, key)
-        seen = db.fetchall(
-            "SELECT 1 FROM {p}agentcast_wf_processed WHERE workflow = ? AND key = ?"
-            " AND event_id = ?",
-            workflow.name,
-            key,
-            event.id,
-        )
-        if seen:
+        ident = (workflow.name, key, event.id)
+        if ident in self.seen:
             counts.duplicates += 1
             return counts
+        instance = self.instances[workflow.name, key]
         decision = self.engine.handle(workflow, instance, event)
         if decision.kind == PARK:
             self._park(workflow.name, key, event)
             counts.parked += 1
         elif decision.kind == APPLY and decision.transition is not None:
-            self._processed(workflow.name, key, event.id)
-            counts.sent += self._write(decision.transition, instance)
+            self._processed(ident)
+            counts.sent += self._record(decision.transition)
             counts.applied += 1
             if instance is None:
                 counts.add(self._unpark(workflow, decision.transition.instance))
@@ -309,13 +344,9 @@ class _Transaction:
             counts.ignored += 1
         return counts
 
-    def _processed(self, workflow: str, key: str, event_id: str) -> None:
-        self.db.execute(
-            "INSERT INTO {p}agentcast_wf_processed (workflow, key, event_id) VALUES (?, ?, ?)",
-            workflow,
-            key,
-            event_id,
-        )
+    def _processed(self, ident: tuple[str, str, str]) -> None:
+        self.seen.add(ident)
+        self.processed.append(ident)
 
     def _park(self, workflow: str, key: str, event: Envelope) -> None:
         rows = self.db.fetchall(
@@ -328,7 +359,7 @@ class _Transaction:
                 f"workflow {workflow!r}: {self.max_parked} events already wait for instance"
                 f" {key!r} to start"
             )
-        self._processed(workflow, key, event.id)
+        self._processed((workflow, key, event.id))
         self.db.execute(
             "INSERT INTO {p}agentcast_wf_parked (workflow, key, event) VALUES (?, ?, ?)",
             workflow,
@@ -346,86 +377,69 @@ class _Transaction:
         )
         if not rows:
             return counts
-        self.db.execute(
-            "DELETE FROM {p}agentcast_wf_parked WHERE workflow = ? AND key = ?",
-            workflow.name,
-            instance.key,
-        )
+        self.db.execute(_DELETE_PARKED, workflow.name, instance.key)
         for _, text in rows:
             event = Envelope.from_dict(orjson.loads(text))
             decision = self.engine.handle(workflow, instance, event)
             if decision.kind == APPLY and decision.transition is not None:
-                counts.sent += self._write(decision.transition, instance)
+                counts.sent += self._record(decision.transition)
                 counts.applied += 1
                 instance = decision.transition.instance
             else:
                 counts.ignored += 1
         return counts
 
-    def _write(self, transition: Transition, before: Instance | None) -> int:
-        db = self.db
+    def _record(self, transition: Transition) -> int:
+        """Keep the transition's writes for :meth:`_flush`; the number of messages."""
         instance = transition.instance
-        name, key = instance.workflow, instance.key
-        self.instances[name, key] = instance
-        state = instance.state.decode()
-        meta = instance.meta().decode()
-        now_us = time.time_ns() // 1000
-        if before is None:
-            db.execute(
-                "INSERT INTO {p}agentcast_wf_instances (workflow, key, status, step, state,"
-                " meta, updated_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                name,
-                key,
-                instance.status,
+        pair = (instance.workflow, instance.key)
+        self.instances[pair] = self.touched[pair] = instance
+        self.logs.append(
+            (
+                *pair,
                 instance.step,
-                state,
-                meta,
-                now_us,
+                transition.input.decode(),
+                transition.effects.decode(),
+                instance.state.decode(),
             )
-        else:
-            db.execute(
-                "UPDATE {p}agentcast_wf_instances SET status = ?, step = ?, state = ?, meta = ?,"
-                " updated_us = ? WHERE workflow = ? AND key = ?",
-                instance.status,
-                instance.step,
-                state,
-                meta,
-                now_us,
-                name,
-                key,
-            )
-        db.execute(
-            "INSERT INTO {p}agentcast_wf_log (workflow, key, step, input, effects, state)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            name,
-            key,
-            instance.step,
-            transition.input.decode(),
-            transition.effects.decode(),
-            state,
         )
-        schedule = instance.schedule()
-        if before is None or before.schedule() != schedule:
-            db.execute(
-                "DELETE FROM {p}agentcast_wf_wakeups WHERE workflow = ? AND key = ?", name, key
-            )
-            db.executemany(
-                "INSERT INTO {p}agentcast_wf_wakeups (workflow, key, wakeup, due_us)"
-                " VALUES (?, ?, ?, ?)",
-                [(name, key, wakeup, due) for wakeup, due in sorted(schedule.items())],
-            )
-        for message in transition.outgoing:
-            outbox_add(
-                db.outbox_conn,
-                message.topic,
-                message.payload,
-                headers=message.headers,
-                key=message.key,
-                correlation_id=message.correlation_id,
-                causation_id=message.causation_id,
-                schema=db.schema,
-            )
-        if not instance.running:
-            for table in ("agentcast_wf_processed", "agentcast_wf_parked"):
-                db.execute(f"DELETE FROM {{p}}{table} WHERE workflow = ? AND key = ?", name, key)
+        self.outbox += [
+            OutboxMessage(m.topic, m.payload, m.headers, m.key, m.correlation_id, m.causation_id)
+            for m in transition.outgoing
+        ]
         return len(transition.outgoing)
+
+    def _flush(self) -> None:
+        db = self.db
+        now_us = time.time_ns() // 1000
+        db.executemany(_INSERT_PROCESSED, self.processed)
+        db.executemany(
+            _UPSERT_INSTANCE,
+            [
+                (w, k, i.status, i.step, i.state.decode(), i.meta().decode(), now_us)
+                for (w, k), i in self.touched.items()
+            ],
+        )
+        db.executemany(_INSERT_LOG, self.logs)
+        changed = {
+            pair: instance.schedule()
+            for pair, instance in self.touched.items()
+            if _schedule(self.loaded.get(pair)) != instance.schedule()
+        }
+        db.executemany(_DELETE_WAKEUPS, list(changed))
+        db.executemany(
+            _INSERT_WAKEUP,
+            [
+                (w, k, u, due)
+                for (w, k), wakeups in changed.items()
+                for u, due in sorted(wakeups.items())
+            ],
+        )
+        add_many(db.outbox_conn, self.outbox, schema=db.schema)
+        ended = [pair for pair, instance in self.touched.items() if not instance.running]
+        db.executemany(_DELETE_PROCESSED, ended)
+        db.executemany(_DELETE_PARKED, ended)
+
+
+def _schedule(instance: Instance | None) -> dict[str, int]:
+    return {} if instance is None else instance.schedule()

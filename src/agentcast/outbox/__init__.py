@@ -7,14 +7,16 @@ from agentcast.outbox.metrics import RelayMetrics
 from agentcast.outbox.relay import Relay, open_store
 from agentcast.outbox.schema import init_outbox, init_postgres_connection, init_sqlite_connection
 from agentcast.outbox.store import OutboxRow, OutboxStore
-from agentcast.outbox.writer import add, key_hash
+from agentcast.outbox.writer import OutboxMessage, add, add_many, key_hash
 
 __all__ = [
+    "OutboxMessage",
     "OutboxRow",
     "OutboxStore",
     "Relay",
     "RelayMetrics",
     "add",
+    "add_many",
     "init_outbox",
     "init_postgres_connection",
     "init_sqlite_connection",

@@ -25,7 +25,8 @@ import random
 import sqlite3
 import time
 import zlib
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
 
 import orjson
@@ -155,6 +156,58 @@ def add(
             assert row is not None
             return int(row[0])
     raise ValueError(f"unsupported connection type: {type(conn).__qualname__}")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """One row for :func:`add_many` (the arguments of :func:`add`)."""
+
+    topic: str
+    payload: Any = None
+    headers: Mapping[str, str] | None = None
+    key: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+
+def add_many(
+    conn: sqlite3.Connection | psycopg.Connection[Any],
+    messages: Sequence[OutboxMessage],
+    *,
+    schema: str | None = None,
+) -> None:
+    """Insert ``messages`` in ``conn``'s current transaction as :func:`add` would one by one
+    (rows sharing a key keep their order and take the same lock), batched.
+
+    Synchronous connections only (``sqlite3`` and ``psycopg``); raises ``ValueError`` like
+    :func:`add`.
+    """
+    if not messages:
+        return
+    params = [
+        _params(m.topic, m.payload, m.headers, m.key, m.correlation_id, m.causation_id)
+        for m in messages
+    ]
+    if isinstance(conn, sqlite3.Connection):
+        if conn.isolation_level is None and not conn.in_transaction:
+            raise ValueError("the sqlite3 connection is in autocommit mode outside BEGIN")
+        now = time.time()
+        conn.executemany(_SQLITE_INSERT, [(*row, now) for row in params])
+        return
+    import psycopg
+
+    if not isinstance(conn, psycopg.Connection):
+        raise ValueError(f"unsupported connection type: {type(conn).__qualname__}")
+    _check_psycopg(conn.autocommit, conn.info.transaction_status)
+    with conn.cursor() as cursor:
+        for keyed in (True, False):
+            rows = [
+                {f"p{n}": value for n, value in enumerate(row, start=1)}
+                for row, m in zip(params, messages, strict=True)
+                if (m.key is not None) == keyed
+            ]
+            if rows:
+                cursor.executemany(_pg_insert(schema, keyed, "%(p{})s"), rows)
 
 
 def _check_psycopg(autocommit: bool, status: object) -> None:
