@@ -35,6 +35,7 @@ async def outbox(store: WorkflowStore) -> list[tuple[str, Any, dict[str, str]]]:
     rows = await store.fetchall(
         "SELECT topic, payload, headers FROM {p}agentcast_outbox ORDER BY id"
     )
+
     def json(value: Any) -> Any:  # jsonb arrives decoded from PostgreSQL, text from SQLite
         return orjson.loads(value) if isinstance(value, str) else value
 
