@@ -288,7 +288,9 @@ def bench() -> None:
 
 
 @bench.command("fanout")
-@click.option("--subscribers", type=int, default=1000, show_default=True)
+@click.option(
+    "--subscribers", default="1000", show_default=True, help="A count or a comma list of counts."
+)
 @click.option("--messages", type=int, default=200, show_default=True)
 @click.option("--size", type=int, default=64, show_default=True, help="Payload bytes.")
 @click.option(
@@ -299,7 +301,10 @@ def bench() -> None:
     help="Messages per second (0: burst, as fast as acks allow).",
 )
 @click.option(
-    "--server", type=click.Choice(["agentcast", "naive"]), default="agentcast", show_default=True
+    "--server",
+    default="agentcast",
+    show_default=True,
+    help="A comma list of agentcast, naive, socketio, ws-redis, nats-ws, socketio-node.",
 )
 @click.option("--idle", is_flag=True, help="Only open the connections and report RSS each.")
 @_result_options
@@ -438,6 +443,11 @@ def bench_cluster(**options: Any) -> None:
     from agentcast.bench.cluster import run_cluster_cli
 
     sys.exit(run_cluster_cli(**options))
+
+
+from agentcast.bench.plot import plot as _bench_plot  # noqa: E402
+
+bench.add_command(_bench_plot)
 
 
 def _add_orchestration() -> None:

@@ -31,16 +31,11 @@ from typing import Any
 
 import orjson
 import psutil
-from picows import WSMsgType, ws_connect
+from picows import ws_connect
 
-from agentcast.bench.load_clients import (
-    Publisher,
-    Subscriber,
-    Tally,
-    hello_frame,
-    publish_frame,
-    subscribe_frame,
-)
+from agentcast.bench.load_clients import Publisher, Subscriber, Tally
+from agentcast.bench.peers.cdf import latency_cdf_ms
+from agentcast.bench.peers.clients import WIRES, wire_classes
 from agentcast.bench.process import exit_with_parent, pin_to_cpu, raise_nofile_limit
 from agentcast.bench.stats import latency_summary_ms
 from agentcast.runtime import run
@@ -70,6 +65,8 @@ class LoadPlan:
     drain_timeout: float
     concurrency: int = 100
     quiet: bool = False
+    wire: str = "agentcast"
+    extra_pids: tuple[int, ...] = ()
 
     def to_args(self) -> list[str]:
         """The command-line arguments that :func:`parse_plan` turns back into this plan."""
@@ -86,6 +83,9 @@ class LoadPlan:
         ]
         if self.quiet:
             args.append("--quiet")
+        if self.wire != "agentcast":
+            args.append(f"--wire={self.wire}")
+        args.extend(f"--extra-pid={pid}" for pid in self.extra_pids)
         return args
 
 
@@ -103,6 +103,8 @@ def parse_plan(argv: list[str] | None) -> tuple[LoadPlan, int | None]:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--cpu", type=int, default=None)
+    parser.add_argument("--wire", choices=WIRES, default="agentcast")
+    parser.add_argument("--extra-pid", type=int, action="append", default=[])
     args = parser.parse_args(argv)
     plan = LoadPlan(
         url=args.url,
@@ -115,6 +117,8 @@ def parse_plan(argv: list[str] | None) -> tuple[LoadPlan, int | None]:
         drain_timeout=args.drain_timeout,
         concurrency=max(1, args.concurrency),
         quiet=args.quiet,
+        wire=args.wire,
+        extra_pids=tuple(args.extra_pid),
     )
     return plan, args.cpu
 
@@ -149,31 +153,39 @@ class Progress:
 
 
 class ServerProbe:
-    """CPU seconds and RSS of the server process, read from /proc through psutil."""
+    """CPU seconds and RSS of the server process, read from /proc through psutil.
 
-    def __init__(self, pid: int) -> None:
-        self._process = psutil.Process(pid)
+    With ``more`` pids (a server made of several processes, such as a WebSocket front and
+    its Redis), both figures are sums over all of them.
+    """
+
+    def __init__(self, pid: int, *more: int) -> None:
+        self._processes = [psutil.Process(one) for one in (pid, *more)]
 
     def cpu_seconds(self) -> float:
-        times = self._process.cpu_times()
-        return float(times.user + times.system)
+        total = 0.0
+        for process in self._processes:
+            times = process.cpu_times()
+            total += float(times.user + times.system)
+        return total
 
     def rss_bytes(self) -> int:
-        return int(self._process.memory_info().rss)
+        return sum(int(process.memory_info().rss) for process in self._processes)
 
 
-async def _open_subscriber(url: str, tally: Tally, index: int, opened: list[Subscriber]) -> None:
+async def _open_subscriber(
+    plan: LoadPlan, tally: Tally, index: int, opened: list[Subscriber]
+) -> None:
     subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    subscriber = Subscriber(tally, subscribed)
+    subscriber = wire_classes(plan.wire)[0](tally, subscribed)
     await ws_connect(
         lambda: subscriber,
-        url,
+        plan.url,
         read_buffer_init_size=CLIENT_READ_BUFFER,
         max_frame_size=CLIENT_MAX_FRAME,
     )
     opened.append(subscriber)
-    subscriber.transport.send(WSMsgType.TEXT, hello_frame(f"sub-{index}"))
-    subscriber.transport.send(WSMsgType.TEXT, subscribe_frame())
+    subscriber.start(index)
     await subscribed
 
 
@@ -192,7 +204,7 @@ async def connect_subscribers(
                 for first in range(0, plan.subscribers, plan.concurrency):
                     last = min(plan.subscribers, first + plan.concurrency)
                     await asyncio.gather(
-                        *(_open_subscriber(plan.url, tally, i, opened) for i in range(first, last))
+                        *(_open_subscriber(plan, tally, i, opened) for i in range(first, last))
                     )
                     done = last
         except TimeoutError:
@@ -207,11 +219,11 @@ async def connect_subscribers(
 async def connect_publisher(plan: LoadPlan) -> Publisher:
     """Open the publishing connection and wait for its ``hello`` reply."""
     hello_ok: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    publisher = Publisher(hello_ok)
+    publisher = wire_classes(plan.wire)[1](hello_ok)
     try:
         async with asyncio.timeout(plan.connect_timeout):
             await ws_connect(lambda: publisher, plan.url, read_buffer_init_size=CLIENT_READ_BUFFER)
-            publisher.transport.send(WSMsgType.TEXT, hello_frame("bench-publisher"))
+            publisher.start()
             await hello_ok
     except (TimeoutError, OSError) as exc:
         raise LoadError(f"the publisher could not connect: {exc!r}") from None
@@ -221,7 +233,7 @@ async def connect_publisher(plan: LoadPlan) -> Publisher:
 async def publish_all(plan: LoadPlan, publisher: Publisher, progress: Progress) -> int:
     """Send the plan's publishes; return how many left (fewer only on a timeout)."""
     sent = 0
-    send = publisher.transport.send
+    publish = publisher.publish
     size = plan.size
     rate = plan.rate
     budget = (plan.messages / rate if rate > 0 else 0.0) + PUBLISH_GRACE
@@ -241,7 +253,7 @@ async def publish_all(plan: LoadPlan, publisher: Publisher, progress: Progress) 
                         await asyncio.sleep(delay)
                 elif sent - publisher.answered >= MAX_IN_FLIGHT:
                     await publisher.wait_answered(sent - MAX_IN_FLIGHT + 1)
-                send(WSMsgType.TEXT, publish_frame(i + 1, size, time.monotonic_ns()))
+                publish(i + 1, size, time.monotonic_ns())
                 sent += 1
     return sent
 
@@ -264,10 +276,13 @@ async def run_load(plan: LoadPlan) -> dict[str, Any]:
 
     Keys: ``connect_s``, ``server_rss_before``/``server_rss_after`` (bytes), and unless idle
     ``published``, ``acked``, ``publish_errors``, ``first_error``, ``delivered``,
-    ``out_of_order``, ``disconnects``, ``duration_s`` (first publish to last delivery),
-    ``latency_ms`` ({p50, p99, max}), ``server_cpu_s`` and ``load_cpu_s`` over publish + drain.
+    ``out_of_order``, ``disconnects``, ``publisher_disconnected`` (the server closed the
+    publisher's connection before the end), ``duration_s`` (first publish to last delivery),
+    ``latency_ms`` ({p50, p99, max}), ``latency_cdf_ms`` (see
+    :func:`~agentcast.bench.peers.cdf.latency_cdf_ms`), ``server_cpu_s`` and ``load_cpu_s``
+    over publish + drain.
     """
-    probe = ServerProbe(plan.server_pid)
+    probe = ServerProbe(plan.server_pid, *plan.extra_pids)
     tally = Tally(plan.subscribers, plan.messages)
     progress = Progress(plan.quiet)
     opened: list[Subscriber] = []
@@ -302,10 +317,12 @@ async def run_load(plan: LoadPlan) -> dict[str, Any]:
             delivered=tally.received,
             out_of_order=tally.out_of_order,
             disconnects=tally.disconnects,
+            publisher_disconnected=publisher.disconnected,
             duration_s=round((end_ns - first_ns) / 1e9, 6),
             server_cpu_s=round(server_cpu, 3),
             load_cpu_s=round(load_cpu, 3),
             latency_ms=latency_summary_ms(tally.latencies_ns),
+            latency_cdf_ms=latency_cdf_ms(tally.latencies_ns),
         )
         return result
     finally:

@@ -5,6 +5,11 @@ adds ``receive time - send time`` to the shared :class:`Tally` (the publisher st
 payload with ``time.monotonic_ns()``; CLOCK_MONOTONIC is shared by all processes of a Linux
 machine) and is checked against the subscriber's previous ``seq``. The :class:`Publisher`
 counts acks and error replies so the sender can keep a bounded number in flight.
+
+Both classes speak agentcast's protocol; :mod:`agentcast.bench.peers.clients` subclasses them
+for other servers' wires, overriding only how frames are sent and recognised
+(``start``/``publish``/``on_ws_frame``) and ending in the shared :meth:`Subscriber.count_event`
+and :meth:`Publisher.count_answer`.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ def publish_frame(msg_id: int, size: int, sent_ns: int) -> bytes:
 class Tally:
     """What all subscribers of one run received; mutated only on the load's loop thread.
 
-    Both servers send the same bytes for one event to every subscriber, so ``decoded`` maps
+    Every server sends the same bytes for one event to every subscriber, so ``decoded`` maps
     an event frame to its ``(seq, sent_ns)`` and each distinct frame is parsed once, not once
     per subscriber; the per-event work (receive time, latency, count, order check) is still
     done for every event of every subscriber.
@@ -102,7 +107,16 @@ class Subscriber(WSListener):
                 return
             decoded = (event["seq"], event["payload"]["t"])
             tally.remember(data, decoded)
-        seq, sent_ns = decoded
+        self.count_event(decoded[0], decoded[1], now)
+
+    def start(self, index: int) -> None:
+        """Send what subscribes this connection (the wire's first frames)."""
+        self.transport.send(WSMsgType.TEXT, hello_frame(f"sub-{index}"))
+        self.transport.send(WSMsgType.TEXT, subscribe_frame())
+
+    def count_event(self, seq: int, sent_ns: int, now: int) -> None:
+        """Account one delivered event (every wire ends here): latency, count, order."""
+        tally = self.tally
         if seq <= self.last_seq:
             tally.out_of_order += 1
         else:
@@ -158,19 +172,31 @@ class Publisher(WSListener):
             else:
                 self.hello_ok.set_exception(ConnectionError(f"hello refused: {msg.get('error')}"))
             return
-        if msg.get("ok"):
-            self.acks += 1
-        else:
-            self.errors += 1
-            if self.first_error is None:
-                self.first_error = msg.get("error")
-        self._progress.set()
+        self.count_answer(bool(msg.get("ok")), msg.get("error"))
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.disconnected = True
         self._progress.set()
         if not self.hello_ok.done():
             self.hello_ok.set_exception(ConnectionError("publisher disconnected"))
+
+    def start(self) -> None:
+        """Send what identifies the publisher (``hello_ok`` resolves on the answer)."""
+        self.transport.send(WSMsgType.TEXT, hello_frame("bench-publisher"))
+
+    def publish(self, seq: int, size: int, sent_ns: int) -> None:
+        """Send publish number ``seq`` (from 1) of a ``size``-byte payload stamped ``sent_ns``."""
+        self.transport.send(WSMsgType.TEXT, publish_frame(seq, size, sent_ns))
+
+    def count_answer(self, ok: bool, error: object = None) -> None:
+        """Account one answer to a publish (an ack or an error)."""
+        if ok:
+            self.acks += 1
+        else:
+            self.errors += 1
+            if self.first_error is None:
+                self.first_error = error
+        self._progress.set()
 
     @property
     def answered(self) -> int:
