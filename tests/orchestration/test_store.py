@@ -13,7 +13,7 @@ from agentcast.orchestration.db import open_db
 from agentcast.orchestration.engine import Engine, format_micros
 from agentcast.orchestration.instance import COMPLETED, FAILED
 from agentcast.orchestration.replay import replay
-from agentcast.orchestration.store import WorkflowStore
+from agentcast.orchestration.store import InputFailed, WorkflowStore
 from agentcast.protocol.envelope import Envelope
 from tests.orchestration.flows import AGENTS, IN, OUT, RESULTS, UNDO, counter
 
@@ -76,8 +76,9 @@ async def test_out_of_order_events_wait_for_the_start(store: WorkflowStore) -> N
 
 
 async def test_a_failing_handler_keeps_nothing_of_its_batch(store: WorkflowStore) -> None:
-    with pytest.raises(KeyError):
+    with pytest.raises(InputFailed) as failed:
         await store.process([event("start"), event("add", {"no_v": 1})])
+    assert isinstance(failed.value.__cause__, KeyError)
     assert await store.instance("counter", "r1") is None
     assert await outbox(store) == []
 

@@ -224,7 +224,10 @@ class Engine:
             if entry is None or int(entry[0]) != due:
                 return _IGNORE
             del current.timers[name]
-            return self._run(workflow, current, event, [workflow.timer_handlers[name]])
+            handler = workflow.timer_handlers.get(name)
+            if handler is None:
+                raise WorkflowError(f"workflow {workflow.name!r} has no on_timer({name!r}) handler")
+            return self._run(workflow, current, event, [handler])
         name = event.topic[len(EXPIRED_PREFIX) :]
         expectation = current.expectations.get(name)
         if expectation is None or int(expectation[1]) != due:

@@ -12,9 +12,11 @@ One orchestrator process (or several sharing a database and a group name):
   so they are applied in order whoever takes them;
 * applies deliveries in batches of up to ``batch`` through the
   :class:`~agentcast.orchestration.store.WorkflowStore` (one transaction per batch) and
-  acks them only after the commit. When a batch fails (a handler raised), its events are
-  applied one by one so that only the failing one is nacked (with ``retry_delay``; after
-  the group's ``max_deliver`` attempts the node dead-letters it);
+  acks them only after the commit. When a batch fails because a handler raised, its events
+  are applied one by one so that only the failing one is nacked (with ``retry_delay``;
+  after the group's ``max_deliver`` attempts the node dead-letters it). A database error
+  is not the events' fault: it ends :meth:`Orchestrator.run` (nothing is nacked; the node
+  redelivers the unacked events to the next orchestrator, or to this one restarted);
 * fires due timers and expectations (polling the wake-up table every ``wake_interval``
   seconds at most, and right away when a transition scheduled something earlier);
 * runs an outbox relay over the same database (unless ``relay=False``: then run
@@ -39,7 +41,7 @@ from agentcast.errors import ClientError, ConnectionClosed
 from agentcast.orchestration.db import open_db
 from agentcast.orchestration.engine import Engine
 from agentcast.orchestration.metrics import OrchestratorMetrics
-from agentcast.orchestration.store import Counts, WorkflowStore
+from agentcast.orchestration.store import Counts, InputFailed, WorkflowStore
 from agentcast.orchestration.workflow import Workflow
 from agentcast.outbox.metrics import RelayMetrics
 from agentcast.outbox.relay import Relay
@@ -171,7 +173,7 @@ class Orchestrator:
         started = time.perf_counter()
         try:
             counts = await self.store.process([d.envelope for d in deliveries])
-        except Exception:
+        except InputFailed:
             if len(deliveries) == 1:
                 await self._failed(deliveries[0])
                 return
@@ -216,7 +218,7 @@ class Orchestrator:
             for wakeup in due:
                 try:
                     counts = await self.store.wake(wakeup)
-                except Exception:
+                except InputFailed:
                     failed = True
                     self.stats.failures += 1
                     log.exception(

@@ -18,10 +18,10 @@ database's single writer, so several orchestrators may share one database.
 
 An event that reaches an instance which does not exist yet, and matches only non-start
 triggers, is parked (at most ``max_parked`` per instance; past that the event is refused
-with :class:`~agentcast.orchestration.engine.WorkflowError`, and its delivery goes back to
-the group). Parked events are applied, in arrival order, in the transaction that starts the
-instance. When an instance ends its processed ids and parked events are deleted: later
-inputs of an ended instance are ignored anyway.
+with :class:`InputFailed`, and its delivery goes back to the group). Parked events are
+applied, in arrival order, in the transaction that starts the instance. When an instance
+ends its processed ids and parked events are deleted: later inputs of an ended instance are
+ignored anyway.
 
 Threads: all database work of a store runs in one dedicated thread (a batch is one
 hand-off from the event loop); the async methods may be called from any task, one at a
@@ -40,7 +40,14 @@ from typing import Any, TypeVar
 import orjson
 
 from agentcast.orchestration.db import Db
-from agentcast.orchestration.engine import APPLY, PARK, Engine, Transition, WorkflowError
+from agentcast.orchestration.engine import (
+    APPLY,
+    PARK,
+    Decision,
+    Engine,
+    Transition,
+    WorkflowError,
+)
 from agentcast.orchestration.instance import Instance
 from agentcast.orchestration.workflow import Workflow
 from agentcast.outbox.writer import OutboxMessage, add_many
@@ -49,6 +56,15 @@ from agentcast.protocol.envelope import Envelope
 DEFAULT_MAX_PARKED = 1000
 
 T = TypeVar("T")
+
+
+class InputFailed(Exception):
+    """A workflow handler (or the engine's contract checks) refused one input; the cause is
+    ``__cause__``. Any other exception out of a store call is the database's."""
+
+    def __init__(self, workflow: str, key: str, event_id: str) -> None:
+        super().__init__(f"workflow {workflow!r} instance {key!r} input {event_id!r} failed")
+        self.event_id = event_id
 
 
 @dataclass(slots=True)
@@ -114,8 +130,9 @@ class WorkflowStore:
     async def process(self, events: Sequence[Envelope]) -> Counts:
         """Apply ``events``, in order, to every instance each selects, in one transaction.
 
-        Raises whatever a handler raises (or :class:`WorkflowError`); then nothing of the
-        batch is kept.
+        Raises :class:`InputFailed` when a handler raised (or broke the contract:
+        :class:`WorkflowError`), and the database's errors; either way nothing of the batch
+        is kept.
         """
         return await self._call(lambda: _Transaction(self).process(events))
 
@@ -298,7 +315,7 @@ class _Transaction:
                 )
             else:
                 event = self.engine.wakeup(workflow, instance, due.wakeup)
-                decision = self.engine.handle(workflow, instance, event)
+                decision = self._handle(workflow, instance, event)
                 if decision.transition is None:
                     counts.ignored += 1
                 else:
@@ -330,7 +347,7 @@ class _Transaction:
             counts.duplicates += 1
             return counts
         instance = self.instances[workflow.name, key]
-        decision = self.engine.handle(workflow, instance, event)
+        decision = self._handle(workflow, instance, event)
         if decision.kind == PARK:
             self._park(workflow.name, key, event)
             counts.parked += 1
@@ -344,6 +361,13 @@ class _Transaction:
             counts.ignored += 1
         return counts
 
+    def _handle(self, workflow: Workflow, instance: Instance | None, event: Envelope) -> Decision:
+        try:
+            return self.engine.handle(workflow, instance, event)
+        except Exception as exc:
+            key = instance.key if instance is not None else str(workflow.correlate(event))
+            raise InputFailed(workflow.name, key, event.id) from exc
+
     def _processed(self, ident: tuple[str, str, str]) -> None:
         self.seen.add(ident)
         self.processed.append(ident)
@@ -355,7 +379,7 @@ class _Transaction:
             key,
         )
         if int(rows[0][0]) >= self.max_parked:
-            raise WorkflowError(
+            raise InputFailed(workflow, key, event.id) from WorkflowError(
                 f"workflow {workflow!r}: {self.max_parked} events already wait for instance"
                 f" {key!r} to start"
             )
@@ -380,7 +404,7 @@ class _Transaction:
         self.db.execute(_DELETE_PARKED, workflow.name, instance.key)
         for _, text in rows:
             event = Envelope.from_dict(orjson.loads(text))
-            decision = self.engine.handle(workflow, instance, event)
+            decision = self._handle(workflow, instance, event)
             if decision.kind == APPLY and decision.transition is not None:
                 counts.sent += self._record(decision.transition)
                 counts.applied += 1
