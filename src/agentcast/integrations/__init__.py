@@ -1,0 +1,1 @@
+"""Bridges from agent frameworks onto agentcast topics (optional extras)."""
