@@ -14,7 +14,8 @@ PG_DSN = os.environ.get("AGENTCAST_TEST_PG_DSN", "postgresql://postgres@127.0.0.
 
 @asynccontextmanager
 async def pg_history_url() -> AsyncIterator[str]:
-    """A history store URL on a fresh schema, dropped afterwards."""
+    """A PostgreSQL URL (``...?schema=NAME``) on a fresh schema, dropped afterwards (for a
+    history store, a workflow store, ...)."""
     schema = f"agentcast_test_{uuid.uuid4().hex[:16]}"
     try:
         yield f"{PG_DSN}?schema={schema}"

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from agentcast.config import ServerConfig
 from agentcast.hub.durability import DurableRule
 from agentcast.node import Node
-from tests.pg import PG_DSN
+from tests.pg import pg_history_url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -21,15 +19,8 @@ async def wf_dsn(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/workflows.db"
         return
-    schema = f"agentcast_wf_test_{uuid.uuid4().hex[:12]}"
-    try:
-        yield f"{PG_DSN}?schema={schema}"
-    finally:
-        conn = await asyncpg.connect(PG_DSN)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+    async with pg_history_url() as dsn:
+        yield dsn
 
 
 def durable_config(tmp_path: Path) -> ServerConfig:

@@ -5,12 +5,10 @@ event to one orchestrator; when a node stops, the others take over its work."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from agentcast.brokers.memory import LocalBus, MemoryBroker
@@ -21,20 +19,13 @@ from agentcast.node import Node
 from tests.orchestration.crashflow import OUT
 from tests.orchestration.test_crash import check_outputs, publish_run, wait_for_counts
 from tests.outbox.helpers import history
-from tests.pg import PG_DSN
+from tests.pg import pg_history_url
 
 
 @pytest.fixture
 async def pg_wf_dsn() -> AsyncIterator[str]:
-    schema = f"agentcast_wf_test_{uuid.uuid4().hex[:12]}"
-    try:
-        yield f"{PG_DSN}?schema={schema}"
-    finally:
-        conn = await asyncpg.connect(PG_DSN)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+    async with pg_history_url() as dsn:
+        yield dsn
 
 
 @pytest.mark.timeout(120)
