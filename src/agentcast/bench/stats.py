@@ -10,7 +10,8 @@ def percentile(sorted_values: Sequence[int], q: float) -> int:
     """Nearest-rank ``q``-th percentile (0 < q <= 100) of non-empty, ascending values."""
     if not sorted_values:
         raise ValueError("percentile of no values")
-    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
+    # round first: 99.9 / 100 * 1000 is 999.0000000000001 in floating point
+    rank = max(1, math.ceil(round(q / 100.0 * len(sorted_values), 9)))
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 

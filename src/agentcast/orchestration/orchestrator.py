@@ -207,8 +207,8 @@ class Orchestrator:
         self.stats.add(counts)
         if counts.sent and self.relay is not None:
             self.relay.nudge()
-        if counts.applied:
-            self._wake.set()
+        if counts.rescheduled:
+            self._wake.set()  # a wake-up may now be due earlier than the loop thinks
 
     async def _wake_loop(self) -> None:
         while True:

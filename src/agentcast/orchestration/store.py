@@ -70,13 +70,15 @@ class InputFailed(Exception):
 @dataclass(slots=True)
 class Counts:
     """What a call did: transitions ``applied``, events ``parked``, ``duplicates`` skipped,
-    inputs ``ignored``, and outbox rows ``sent``."""
+    inputs ``ignored``, outbox rows ``sent``, and instances whose wake-ups it
+    ``rescheduled``."""
 
     applied: int = 0
     parked: int = 0
     duplicates: int = 0
     ignored: int = 0
     sent: int = 0
+    rescheduled: int = 0
 
     def add(self, other: Counts) -> None:
         self.applied += other.applied
@@ -84,6 +86,7 @@ class Counts:
         self.duplicates += other.duplicates
         self.ignored += other.ignored
         self.sent += other.sent
+        self.rescheduled += other.rescheduled
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +291,7 @@ class _Transaction:
             )
             for workflow, key, event in targets:
                 counts.add(self._event(workflow, key, event))
-            self._flush()
+            counts.rescheduled = self._flush()
             self.db.commit()
         except BaseException:
             self.db.rollback()
@@ -321,7 +324,7 @@ class _Transaction:
                 else:
                     counts.sent += self._record(decision.transition)
                     counts.applied += 1
-            self._flush()
+            counts.rescheduled = self._flush()
             self.db.commit()
         except BaseException:
             self.db.rollback()
@@ -433,7 +436,8 @@ class _Transaction:
         ]
         return len(transition.outgoing)
 
-    def _flush(self) -> None:
+    def _flush(self) -> int:
+        """Write what the transaction recorded; the number of instances rescheduled."""
         db = self.db
         now_us = time.time_ns() // 1000
         db.executemany(_INSERT_PROCESSED, self.processed)
@@ -463,6 +467,7 @@ class _Transaction:
         ended = [pair for pair, instance in self.touched.items() if not instance.running]
         db.executemany(_DELETE_PROCESSED, ended)
         db.executemany(_DELETE_PARKED, ended)
+        return len(changed)
 
 
 def _schedule(instance: Instance | None) -> dict[str, int]:
