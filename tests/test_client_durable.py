@@ -30,6 +30,7 @@ from agentcast.errors import ClientError, Overloaded
 from agentcast.hub.connection import Connection
 from agentcast.hub.dispatch import handle_frame as real_handle_frame
 from agentcast.hub.durability import DurableRule, GapPolicy
+from agentcast.hub.durable_log import OnDone
 from agentcast.node import Node
 from agentcast.protocol.codes import CloseCode
 from agentcast.storage.base import AppendResult, EventDraft
@@ -445,18 +446,16 @@ async def test_a_publish_refused_for_a_passing_reason_is_retried_with_its_key(
 
             monkeypatch.setattr(node.history, "append", append_failing_once)
         else:
-            real_submit = durable_log.submit
+            real_submit = durable_log.submit_callback
 
-            def submit_refusing_once(draft: EventDraft) -> asyncio.Future[AppendResult]:
+            def submit_refusing_once(draft: EventDraft, on_done: OnDone) -> None:
                 nonlocal attempts
                 attempts += 1
                 if attempts == 1:
-                    refused: asyncio.Future[AppendResult] = asyncio.Future()
-                    refused.set_exception(Overloaded("too many pending"))
-                    return refused
-                return real_submit(draft)
+                    raise Overloaded("too many pending")
+                real_submit(draft, on_done)
 
-            monkeypatch.setattr(durable_log, "submit", submit_refusing_once)
+            monkeypatch.setattr(durable_log, "submit_callback", submit_refusing_once)
         ack = await client.publish(topic, "once", idempotency_key="retry-1")
         assert ack is not None
         assert (ack.seq, ack.duplicate) == (1, False)

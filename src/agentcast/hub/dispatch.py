@@ -18,8 +18,8 @@ from agentcast.errors import (
     Unavailable,
 )
 from agentcast.hub.connection import Connection, Subscription
+from agentcast.hub.durable_log import Outcome
 from agentcast.hub.groups import GroupSettings
-from agentcast.hub.hub import PublishResult
 from agentcast.hub.presence import presence_for, presence_topic
 from agentcast.hub.recovery import RecoveryPlan, plan_recovery, run_replay
 from agentcast.protocol.codes import CloseCode
@@ -43,7 +43,6 @@ from agentcast.protocol.frames import error_reply, ok_reply, ws_text_frame
 from agentcast.protocol.topics import is_pattern
 from agentcast.security.capabilities import Operation
 from agentcast.security.errors import TooManyConnections, Unauthorized
-from agentcast.storage.base import AppendResult
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +92,10 @@ def _execute(conn: Connection, cmd: Command) -> object:
         if not conn.hello_done:
             raise HelloRequired("send 'hello' first")
         conn.auth.check_publish(cmd.topic)
-        published = hub.publish_any(cmd, conn.source)
-        if isinstance(published, asyncio.Future):
-            published.add_done_callback(partial(_reply_published, conn, cmd.id, cmd.ack))
+        if hub.is_durable(cmd.topic):
+            hub.submit_durable(cmd, conn.source, partial(_reply_durable, conn, cmd.id, cmd.ack))
             return _NO_REPLY
+        published = hub.publish(cmd, conn.source)
         return published.to_dict() if cmd.ack else _NO_REPLY
     if isinstance(cmd, Hello):
         return _hello(conn, cmd)
@@ -216,15 +215,22 @@ async def _join_group(conn: Connection, cmd: Subscribe, settings: GroupSettings)
     )
 
 
-def _reply_published(
-    conn: Connection, command_id: CommandId, ack: bool, done: asyncio.Future[AppendResult]
-) -> None:
-    if done.cancelled():
-        _send_error(conn, command_id, Unavailable("the node is shutting down"))
-    elif (exc := done.exception()) is not None:
-        _send_error(conn, command_id, exc)
-    elif ack:
-        _reply_ok(conn, command_id, PublishResult.from_append(done.result()).to_dict())
+def _reply_durable(conn: Connection, command_id: CommandId, ack: bool, outcome: Outcome) -> None:
+    """The reply to a durable publish, once the log reports its outcome (after the commit
+    and the batch's fan-out); acks leave together after the batch (:meth:`Hub.queue_ack`)."""
+    if isinstance(outcome, Exception):
+        _send_error(conn, command_id, outcome)
+    elif ack and command_id is not None:
+        event = outcome.event
+        result = {
+            "id": event.id,
+            "topic": event.topic,
+            "seq": event.seq,
+            "epoch": event.epoch,
+            "lamport": event.lamport,
+            "duplicate": outcome.duplicate,
+        }
+        conn.hub.queue_ack(conn, ws_text_frame(ok_reply(command_id, result)))
 
 
 def _refresh(conn: Connection, cmd: Refresh) -> object:

@@ -11,9 +11,11 @@ Contract:
   write.
 * Per-topic order: events of a topic are queued in ``seq`` order on every connection and the
   writer never reorders; a drop policy may remove events but never swap them.
-* Durable topics (a :class:`DurableRule` matches) go through :meth:`Hub.publish_durable`:
-  the history store assigns the position inside its commit, the event is fanned out after
-  the commit, and the publisher's future resolves after that (acked = stored).
+* Durable topics (a :class:`DurableRule` matches) go through :meth:`Hub.publish_durable`
+  (a future) or :meth:`Hub.submit_durable` (a callback, the WebSocket path): the history
+  store assigns the position inside its commit, the event is fanned out after the commit,
+  and the publisher is told after that (acked = stored). WebSocket acks of one commit batch
+  leave as one control entry per connection (:meth:`Hub.queue_ack`).
 * :attr:`Hub.observer`, when set, is called once per publication (ephemeral or durable, not
   for a duplicate) with the topic and the encoded envelope, right before the fan-out. It runs
   on the hot path: it must be cheap and must not raise. Unset (the default) it costs one
@@ -39,7 +41,7 @@ from agentcast.hub.connection import Connection, Sink, Subscription
 from agentcast.hub.consumer_groups import GroupManager
 from agentcast.hub.dedupe import DedupeWindow
 from agentcast.hub.durability import DurabilityRules
-from agentcast.hub.durable_log import DurableLog
+from agentcast.hub.durable_log import DurableLog, OnDone
 from agentcast.hub.outbound import Entry, OutboundQueue, PushOutcome
 from agentcast.hub.sequencer import LamportClock, MemorySequencer
 from agentcast.hub.stats import HubStats
@@ -56,9 +58,11 @@ from agentcast.storage.consumers import ConsumerStore
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class PublishResult:
-    """Where a publication landed; ``duplicate`` means an idempotency key matched."""
+    """Where a publication landed; ``duplicate`` means an idempotency key matched.
+
+    Built once per publish, so not frozen (cheaper to construct); treat it as immutable."""
 
     id: str
     topic: str
@@ -119,6 +123,7 @@ class Hub:
         self._ids = count(1)
         self._dirty: list[Connection] = []
         self._flush_scheduled = False
+        self._acks: dict[Connection, list[bytes]] = {}
 
     def enable_durability(
         self, rules: DurabilityRules, history: HistoryStore, consumers: ConsumerStore
@@ -128,7 +133,7 @@ class Hub:
         caller must run in a task."""
         self.durability = rules
         self.history = history
-        self.durable_log = DurableLog(history, self._fan_out_stored)
+        self.durable_log = DurableLog(history, self._fan_out_stored, on_batch_done=self._send_acks)
         self.groups = GroupManager(self, consumers)
         return self.durable_log
 
@@ -283,6 +288,11 @@ class Hub:
             return self.publish_durable(cmd, source)
         return self.publish(cmd, source)
 
+    def is_durable(self, topic: str) -> bool:
+        """Whether publishes to exact ``topic`` go through the durable log."""
+        durability = self.durability
+        return bool(durability) and durability.rule_for(topic) is not None
+
     def publish_durable(self, cmd: Publish, source: str) -> asyncio.Future[AppendResult]:
         """Submit a durable publish; the future resolves once the store has committed it
         (and it was fanned out), or fails with ``unavailable``; ``overloaded`` is raised
@@ -291,11 +301,20 @@ class Hub:
         Raises :class:`PayloadTooLarge` (nothing submitted) if the payload is too big.
         """
         assert self.durable_log is not None, "durability is not enabled"
+        return self.durable_log.submit(self._draft(cmd, source))
+
+    def submit_durable(self, cmd: Publish, source: str, on_done: OnDone) -> None:
+        """:meth:`publish_durable` reporting to ``on_done`` instead of a future."""
+        assert self.durable_log is not None, "durability is not enabled"
+        self.durable_log.submit_callback(self._draft(cmd, source), on_done)
+
+    def _draft(self, cmd: Publish, source: str) -> EventDraft:
+        """The draft of a durable publish; raises :class:`PayloadTooLarge` if too big."""
         payload = self._encode_payload(cmd)
-        key = None
-        if cmd.idempotency_key is not None:
-            key = f"{tenant_of(cmd.topic)}/{cmd.idempotency_key}"
-        draft = EventDraft(
+        key = cmd.idempotency_key
+        if key is not None:
+            key = f"{tenant_of(cmd.topic)}/{key}"
+        return EventDraft(
             new_event_id(),
             cmd.topic,
             rfc3339_now(),
@@ -307,7 +326,21 @@ class Hub:
             self.lamport.tick(cmd.lamport),
             key,
         )
-        return self.durable_log.submit(draft)
+
+    def queue_ack(self, conn: Connection, frame: bytes) -> None:
+        """Queue the reply ``frame`` of a durable publish of ``conn`` that the current commit
+        batch acknowledged; the batch's acks leave as one control entry per connection, right
+        after the batch (from the durable log's ``on_batch_done``), in the order queued."""
+        frames = self._acks.get(conn)
+        if frames is None:
+            self._acks[conn] = [frame]
+        else:
+            frames.append(frame)
+
+    def _send_acks(self) -> None:
+        acks, self._acks = self._acks, {}
+        for conn, frames in acks.items():
+            conn.send_control(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def _fan_out_stored(self, event: StoredEvent) -> None:
         self.stats.publishes += 1
@@ -324,7 +357,7 @@ class Hub:
         consumer groups if it is durable). Local publishes and the cluster link use it."""
         if self.observer is not None:
             self.observer(topic, envelope)
-        self._fan_out(topic, ws_text_frame(event_message(envelope)), headers, seq)
+        self._fan_out(topic, envelope, headers, seq)
         if durable and self.groups is not None:
             self.groups.appended(topic, seq)
 
@@ -370,10 +403,11 @@ class Hub:
             self.cluster.published(cmd.topic, envelope)
         return result
 
-    def _fan_out(self, topic: str, frame: bytes, headers: dict[str, str], seq: int) -> None:
+    def _fan_out(self, topic: str, envelope: bytes, headers: dict[str, str], seq: int) -> None:
         subs = self.index.match(topic)
         if not subs:
             return
+        frame = ws_text_frame(event_message(envelope))  # only when someone listens
         now = self.clock()
         entries: dict[tuple[Policy, str], Entry] = {}
         dirty = self._dirty

@@ -115,8 +115,11 @@ class Nack:
     reason: str = ""
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Publish:
+    """A publish command. Decoded once per publish on the hot path, so not frozen (a frozen
+    dataclass costs several times more to construct); nobody assigns its fields once built."""
+
     id: CommandId
     topic: str
     payload: Any = None
@@ -156,6 +159,8 @@ def _command_id(obj: dict[str, Any]) -> CommandId:
     value = obj.get("id")
     if value is None:
         return None
+    if value.__class__ is int:  # the common case, checked without building a type union
+        return value
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ProtocolError("'id' must be an integer or a string")
     if isinstance(value, str) and len(value) > MAX_ID_LENGTH:
@@ -336,29 +341,49 @@ def _nack(cid: CommandId, obj: dict[str, Any]) -> Nack:
     return Nack(cid, topic, _group_name(_required(obj, "group")), _seq(obj), delay, reason)
 
 
-def parse_publish_fields(cid: CommandId, obj: dict[str, Any]) -> Publish:
-    """Validate the fields of a publish (shared by the WebSocket and HTTP APIs)."""
+_PUBLISH_TOPICS: dict[str, None] = {}
+"""Exact topics that passed :func:`validate_topic`, so a topic published to again is only
+looked up (validation is a pure function of the name); cleared when it holds
+``MAX_PUBLISH_TOPICS``."""
+MAX_PUBLISH_TOPICS = 65536
+
+
+def _publish_topic(obj: dict[str, Any]) -> str:
+    topic = obj.get("topic")
+    if topic.__class__ is str and topic in _PUBLISH_TOPICS:
+        return topic
     topic = _required(obj, "topic")
     if isinstance(topic, str) and is_pattern(topic):
         raise WildcardPublish(f"cannot publish to the pattern {topic[:80]!r}")
     validate_topic(topic)
-    ack = obj.get("ack", True)
-    if not isinstance(ack, bool):
+    if len(_PUBLISH_TOPICS) >= MAX_PUBLISH_TOPICS:
+        _PUBLISH_TOPICS.clear()
+    _PUBLISH_TOPICS[topic] = None
+    return topic  # type: ignore[no-any-return]
+
+
+def parse_publish_fields(cid: CommandId, obj: dict[str, Any]) -> Publish:
+    """Validate the fields of a publish (shared by the WebSocket and HTTP APIs)."""
+    topic = _publish_topic(obj)
+    get = obj.get
+    ack = get("ack", True)
+    if ack is not True and ack is not False:
         raise ProtocolError("'ack' must be a boolean")
-    lamport = obj.get("lamport", 0)
+    lamport = get("lamport", 0)
     if lamport is None:
         lamport = 0
-    if isinstance(lamport, bool) or not isinstance(lamport, int) or lamport < 0:
+    elif isinstance(lamport, bool) or not isinstance(lamport, int) or lamport < 0:
         raise ProtocolError("'lamport' must be a non-negative integer")
+    headers = get("headers")
     return Publish(
         cid,
         topic,
-        obj.get("payload"),
-        parse_headers(obj.get("headers")),
+        get("payload"),
+        {} if headers is None else parse_headers(headers),
         ack,
-        _opt_str(obj, "idempotency_key"),
-        _opt_str(obj, "correlation_id"),
-        _opt_str(obj, "causation_id"),
+        None if get("idempotency_key") is None else _opt_str(obj, "idempotency_key"),
+        None if get("correlation_id") is None else _opt_str(obj, "correlation_id"),
+        None if get("causation_id") is None else _opt_str(obj, "causation_id"),
         lamport,
     )
 

@@ -25,10 +25,16 @@ from typing import Protocol
 
 from agentcast.protocol.envelope import encode_envelope
 
+# The event records below are built once or twice per durable publish, so they are plain
+# (not frozen) slotted dataclasses: a frozen one costs several times more to construct. Treat
+# them as immutable all the same: once built, nobody assigns their fields.
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class EventDraft:
-    """An event before the store gives it a position. ``payload`` is encoded JSON."""
+    """An event before the store gives it a position. ``payload`` is encoded JSON.
+
+    Not to be changed once submitted (see the note above)."""
 
     id: str
     topic: str
@@ -42,9 +48,10 @@ class EventDraft:
     idempotency_key: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoredEvent:
-    """A durable event with its position."""
+    """A durable event with its position. Not to be changed once built (see the note above);
+    stores may hand the same object to several readers."""
 
     id: str
     topic: str
@@ -91,9 +98,10 @@ class StoredEvent:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AppendResult:
-    """The stored event for one draft; ``duplicate`` if its idempotency key matched."""
+    """The stored event for one draft; ``duplicate`` if its idempotency key matched. Not to be
+    changed once built (see the note above)."""
 
     event: StoredEvent
     duplicate: bool = False
