@@ -458,3 +458,7 @@ def _add_orchestration() -> None:
 
 
 _add_orchestration()
+
+from agentcast.bench.workflow import workflow as _bench_workflow  # noqa: E402
+
+bench.add_command(_bench_workflow)
