@@ -445,6 +445,10 @@ def bench_cluster(**options: Any) -> None:
     sys.exit(run_cluster_cli(**options))
 
 
+from agentcast.bench.sessions_cli import sessions as _bench_sessions  # noqa: E402
+
+bench.add_command(_bench_sessions)
+
 from agentcast.bench.plot import plot as _bench_plot  # noqa: E402
 
 bench.add_command(_bench_plot)
