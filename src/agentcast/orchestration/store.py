@@ -118,6 +118,7 @@ class WorkflowStore:
         self.max_parked = max_parked
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="agentcast-workflows")
         self._lock = asyncio.Lock()
+        self._closed = False
 
     async def _call(self, function: Callable[[], T]) -> T:
         async with self._lock:
@@ -127,6 +128,10 @@ class WorkflowStore:
         await self._call(self.db.open)
 
     async def close(self) -> None:
+        """Close the connection and the store's thread (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
         await self._call(self.db.close)
         self._thread.shutdown(wait=False)
 
@@ -199,9 +204,10 @@ class WorkflowStore:
         transaction: for inspection."""
 
         def read() -> list[Sequence[Any]]:
-            rows = self.db.fetchall(sql, *args)
-            self.db.rollback()  # end PostgreSQL's implicit transaction
-            return rows
+            try:
+                return self.db.fetchall(sql, *args)
+            finally:
+                self.db.rollback()  # end PostgreSQL's implicit transaction
 
         return await self._call(read)
 
@@ -463,11 +469,17 @@ class _Transaction:
                 for u, due in sorted(wakeups.items())
             ],
         )
-        add_many(db.outbox_conn, self.outbox, schema=db.schema)
+        # Sorted by key (stably: each key's messages keep their order), so the outbox's
+        # per-key locks are taken in one order by every transaction, like the instance locks.
+        add_many(db.outbox_conn, sorted(self.outbox, key=_by_key), schema=db.schema)
         ended = [pair for pair, instance in self.touched.items() if not instance.running]
         db.executemany(_DELETE_PROCESSED, ended)
         db.executemany(_DELETE_PARKED, ended)
         return len(changed)
+
+
+def _by_key(message: OutboxMessage) -> str:
+    return message.key or ""
 
 
 def _schedule(instance: Instance | None) -> dict[str, int]:
