@@ -136,3 +136,24 @@ async def test_heartbeats_reach_every_other_node(make_broker: Callable[[], Broke
     assert await asyncio.wait_for(rb.heartbeats.get(), TIMEOUT) == ("a", b'{"n": 1}')
     assert await asyncio.wait_for(rc.heartbeats.get(), TIMEOUT) == ("a", b'{"n": 1}')
     assert ra.heartbeats.empty()
+
+
+async def test_interest_churn_ends_with_the_last_wish(make_broker: Callable[[], Broker]) -> None:
+    """Quick remove/add cycles (a subscriber reconnecting) and two patterns that one broker
+    may map to the same subscription: what is wanted at the end is what is received."""
+    a, _ = await node(make_broker, "a")
+    b, rb = await node(make_broker, "b")
+    for _ in range(50):
+        b.add_interest("acme.churn")
+        b.remove_interest("acme.churn")
+        await asyncio.sleep(0)
+    b.add_interest("acme.churn")
+    b.add_interest("other.*")
+    b.add_interest("other.>")
+    await settle(a, rb, b)
+    b.remove_interest("other.>")  # other.* is still wanted (on Redis: the same glob)
+    await settle(a, rb, b)
+    a.publish("acme.churn", b"1")
+    a.publish("other.x", b"2")
+    bodies = {(await rb.next_event())[2] for _ in range(2)}
+    assert bodies == {b"1", b"2"}

@@ -8,7 +8,10 @@ dots); the node's own topic index drops what the glob over-matches, and the clus
 drops events a node receives twice through overlapping interests.
 
 One writer task pipelines queued messages (FIFO, so one node's events keep their order);
-one reader task dispatches what arrives. If Redis goes away both retry with backoff,
+one reader task dispatches what arrives; one interest task brings the subscription
+connection's channels in line with the interests, one change at a time (so a quick remove
+and add of an interest can never end unsubscribed, and two patterns that share a glob
+keep it while either is wanted). If Redis goes away the tasks retry with backoff,
 ``healthy`` turns False, and on reconnection every interest is subscribed again. Live
 messages queued while Redis is down are kept up to ``max_queue`` and then dropped (live
 delivery is at-most-once; durable events are recovered from the history store).
@@ -51,6 +54,9 @@ class RedisBroker:
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._interests: set[str] = set()
+        self._subscribed: set[str] = set()  # event channels the current pubsub holds
+        self._interest_changed = asyncio.Event()
+        self._pubsub_lock = asyncio.Lock()
         self._healthy = False
         self._closing = False
 
@@ -71,6 +77,7 @@ class RedisBroker:
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="agentcast-redis-writer"),
             asyncio.create_task(self._read_loop(), name="agentcast-redis-reader"),
+            asyncio.create_task(self._interest_loop(), name="agentcast-redis-interests"),
         ]
 
     async def close(self) -> None:
@@ -140,23 +147,50 @@ class RedisBroker:
     def add_interest(self, pattern: str) -> None:
         if pattern not in self._interests:
             self._interests.add(pattern)
-            asyncio.get_running_loop().create_task(self._apply(pattern, True))
+            self._interest_changed.set()
 
     def remove_interest(self, pattern: str) -> None:
         if pattern in self._interests:
             self._interests.discard(pattern)
-            asyncio.get_running_loop().create_task(self._apply(pattern, False))
+            self._interest_changed.set()
 
-    async def _apply(self, pattern: str, add: bool) -> None:
-        channel = self._event_channel(pattern)
-        try:
-            if is_pattern(pattern):
-                await (self._pubsub.psubscribe if add else self._pubsub.punsubscribe)(channel)
-            else:
-                await (self._pubsub.subscribe if add else self._pubsub.unsubscribe)(channel)
-        except (RedisError, OSError) as exc:
-            # The reader's reconnection subscribes every interest again.
-            log.warning("redis (un)subscribe of %s failed: %s", pattern, exc)
+    async def _interest_loop(self) -> None:
+        while True:
+            await self._interest_changed.wait()
+            self._interest_changed.clear()
+            if not self._healthy:
+                continue  # the reader's reconnection subscribes every interest
+            try:
+                async with self._pubsub_lock:
+                    await self._sync_interests()
+            except (RedisError, OSError) as exc:
+                # The reader notices the broken link and subscribes everything again.
+                log.warning("redis (un)subscribe failed: %s", exc)
+
+    async def _sync_interests(self) -> None:
+        """Subscribe and unsubscribe until the connection holds exactly the wanted
+        channels (called with the pubsub lock held)."""
+        while True:
+            wanted = {self._event_channel(p): is_pattern(p) for p in self._interests}
+            removed = sorted(self._subscribed - wanted.keys())
+            added = sorted(wanted.keys() - self._subscribed)
+            if not removed and not added:
+                return
+            # An exact topic never contains "*", so a glob channel is one with a "*".
+            globs = [c for c in removed if "*" in c]
+            exact = [c for c in removed if "*" not in c]
+            if globs:
+                await self._pubsub.punsubscribe(*globs)
+            if exact:
+                await self._pubsub.unsubscribe(*exact)
+            self._subscribed.difference_update(removed)
+            globs = [c for c in added if wanted[c]]
+            exact = [c for c in added if not wanted[c]]
+            if globs:
+                await self._pubsub.psubscribe(*globs)
+            if exact:
+                await self._pubsub.subscribe(*exact)
+            self._subscribed.update(added)
 
     def _event_channel(self, pattern: str) -> str:
         glob = ".".join("*" if s in ("*", ">") else s for s in pattern.split("."))
@@ -195,17 +229,14 @@ class RedisBroker:
                 log.exception("handling a broker message failed")
 
     async def _resubscribe(self) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self._pubsub.aclose()
-        await self._client.ping()
-        self._pubsub = self._client.pubsub()
-        await self._pubsub.subscribe(self._node_channel(self.node_id), self._heartbeat_channel)
-        exact = [self._event_channel(p) for p in self._interests if not is_pattern(p)]
-        globs = [self._event_channel(p) for p in self._interests if is_pattern(p)]
-        if exact:
-            await self._pubsub.subscribe(*exact)
-        if globs:
-            await self._pubsub.psubscribe(*globs)
+        async with self._pubsub_lock:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.aclose()
+            await self._client.ping()
+            self._pubsub = self._client.pubsub()
+            self._subscribed = set()
+            await self._pubsub.subscribe(self._node_channel(self.node_id), self._heartbeat_channel)
+            await self._sync_interests()
 
     def _dispatch(self, raw_channel: bytes | str, data: bytes, event_prefix: str) -> None:
         handler = self._handler
