@@ -89,3 +89,53 @@ def test_event_times_refuse_what_the_full_parser_refuses(bad: str) -> None:
     assert parse("2025-01-01T00:00:07.000000Z") == rfc3339_micros("2025-01-01T00:00:07.000000Z")
     with pytest.raises(ValueError):
         parse(bad)
+
+
+def test_enable_wal_waits_for_a_lock_sqlite_does_not_wait_for(tmp_path: Path) -> None:
+    import threading
+
+    from agentcast.storage.sqlite_wal import enable_wal
+
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    conn = sqlite3.connect(path, isolation_level=None, timeout=0)  # no busy handler
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        conn.execute("PRAGMA journal_mode = WAL")
+    release = threading.Timer(0.2, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        assert enable_wal(conn, timeout=10) == "wal"
+    finally:
+        release.join()
+        conn.close()
+        holder.close()
+
+
+def test_several_processes_may_open_a_new_file_at_once(tmp_path: Path) -> None:
+    """Opening converts the file to WAL; a second opener at that moment must wait, not fail
+    (SQLite answers "database is locked" there without calling its busy handler)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(3):
+        path = tmp_path / f"shared-{attempt}.db"
+        with context.Pool(4) as pool:
+            results = pool.map(_open_and_close, [str(path)] * 8)
+        assert results == ["ok"] * 8
+
+
+def _open_and_close(path: str) -> str:
+    import asyncio
+
+    async def run() -> None:
+        store = SqliteHistoryStore(Path(path))
+        await store.open()
+        await store.close()
+
+    try:
+        asyncio.run(run())
+    except Exception as exc:  # reported to the parent, which asserts on it
+        return repr(exc)
+    return "ok"

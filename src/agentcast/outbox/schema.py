@@ -19,6 +19,7 @@ import sqlite3
 from typing import Any
 
 from agentcast.outbox.dsn import check_identifier, parse_dsn
+from agentcast.storage.sqlite_wal import enable_wal
 
 SCHEMA_VERSION = 1
 DEFAULT_PARTITIONS = 16
@@ -128,7 +129,7 @@ def init_sqlite_connection(conn: sqlite3.Connection, partitions: int = DEFAULT_P
     """Create the outbox in the database of ``conn`` (idempotent) and commit."""
     if partitions < 1:
         raise ValueError("partitions must be at least 1")
-    conn.execute("PRAGMA journal_mode=WAL")
+    enable_wal(conn)
     with conn:
         for statement in SQLITE_DDL:
             conn.execute(statement, {"partitions": partitions})

@@ -27,6 +27,7 @@ import orjson
 
 from agentcast.storage.base import AppendResult, EventDraft, StoredEvent, TopicPosition
 from agentcast.storage.memory import new_epoch, retention_cutoff, rfc3339_micros
+from agentcast.storage.sqlite_wal import enable_wal
 
 T = TypeVar("T")
 
@@ -263,7 +264,7 @@ class SqliteHistoryStore:
         conn = sqlite3.connect(self.path, isolation_level=None)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            mode = enable_wal(conn, self.busy_timeout)
             if str(mode).lower() != "wal" and str(self.path) != ":memory:":
                 raise RuntimeError(f"{self.path}: cannot use WAL journal mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[self.synchronous]}")

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import orjson
 
 from agentcast.storage.consumers import GroupProgress
+from agentcast.storage.sqlite_wal import enable_wal
 
 T = TypeVar("T")
 
@@ -66,7 +67,7 @@ class SqliteConsumerStore:
     def _open_sync(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
+        enable_wal(conn, self.busy_timeout)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(_SCHEMA)
         self._conn = conn
