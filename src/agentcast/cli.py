@@ -449,6 +449,10 @@ from agentcast.bench.sessions_cli import sessions as _bench_sessions  # noqa: E4
 
 bench.add_command(_bench_sessions)
 
+from agentcast.chaos.command import chaos as _chaos  # noqa: E402
+
+main.add_command(_chaos)
+
 from agentcast.bench.plot import plot as _bench_plot  # noqa: E402
 
 bench.add_command(_bench_plot)
