@@ -445,28 +445,18 @@ def bench_cluster(**options: Any) -> None:
     sys.exit(run_cluster_cli(**options))
 
 
-from agentcast.bench.sessions_cli import sessions as _bench_sessions  # noqa: E402
-
-bench.add_command(_bench_sessions)
-
-from agentcast.chaos.command import chaos as _chaos  # noqa: E402
-
-main.add_command(_chaos)
-
-from agentcast.bench.plot import plot as _bench_plot  # noqa: E402
-
-bench.add_command(_bench_plot)
-
-
-def _add_orchestration() -> None:
+def _add_commands() -> None:
+    """The commands that live next to what they run."""
+    from agentcast.bench.plot import plot
+    from agentcast.bench.sessions_cli import sessions
+    from agentcast.bench.workflow import workflow as bench_workflow
+    from agentcast.chaos.command import chaos
     from agentcast.orchestration.command import orchestrate, workflow
 
-    main.add_command(orchestrate)
-    main.add_command(workflow)
+    for command in (sessions, plot, bench_workflow):
+        bench.add_command(command)
+    for command in (chaos, orchestrate, workflow):
+        main.add_command(command)
 
 
-_add_orchestration()
-
-from agentcast.bench.workflow import workflow as _bench_workflow  # noqa: E402
-
-bench.add_command(_bench_workflow)
+_add_commands()
