@@ -103,6 +103,13 @@ class OrderedFeed:
         self._deliver(seq, envelope, headers)
         self._drain()
 
+    def start_after(self, seq: int) -> None:
+        """Expect ``seq + 1`` next if nothing came yet: a subscription went live after
+        ``seq``, so an older position arriving late is a duplicate, and a newer one
+        arriving first is preceded by the positions between, read from history."""
+        if self.expected is None:
+            self.expected = seq + 1
+
     def _deliver(self, seq: int, envelope: bytes, headers: dict[str, str]) -> None:
         self.expected = seq + 1
         self.link.hub.deliver_envelope(self.topic, envelope, headers, seq, durable=True)
@@ -113,12 +120,18 @@ class OrderedFeed:
             self._deliver(self.expected, envelope, headers)
 
     async def _fill(self) -> None:
-        """Read the positions between the next expected one and the oldest parked one."""
+        """Read the positions between the next expected one and the oldest parked one.
+
+        An event parked while a read was in flight may have come in that read too: once
+        ``expected`` passed it, it is discarded (it was delivered from history)."""
         history = self.link.hub.history
         try:
             while self.parked and self.expected is not None:
                 first_parked = min(self.parked)
-                if first_parked <= self.expected:
+                if first_parked < self.expected:
+                    del self.parked[first_parked]
+                    continue
+                if first_parked == self.expected:
                     self._drain()
                     continue
                 missing = min(first_parked - self.expected, GAP_READ_LIMIT)
@@ -135,7 +148,7 @@ class OrderedFeed:
                     # Gone from history (trimmed) or unreadable: skip to what we hold;
                     # clients see the jump in seq and resume from history.
                     self.link.gaps_skipped += 1
-                    self.expected = min(self.parked)
+                    self.expected = max(self.expected, min(self.parked))
                 self._drain()
         finally:
             self.filling = False
@@ -228,6 +241,11 @@ class ClusterLink:
         else:
             self.broker.publish(topic, envelope)
         self._feed(topic).offer(seq, envelope, headers)
+
+    def resumed(self, topic: str, seq: int) -> None:
+        """A subscription to durable ``topic`` went live after ``seq`` (its history was
+        replayed up to there): the topic's feed starts there if it has no position yet."""
+        self._feed(topic).start_after(seq)
 
     def check_route(self, topic: str) -> None:
         """Raise :class:`NoRoute` if ``topic`` is an inbox that no node holds."""

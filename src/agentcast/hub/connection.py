@@ -32,9 +32,11 @@ class Subscription:
 
     While ``recovering`` is a list, the subscription is replaying history: live events are
     parked there as ``(seq, entry)`` instead of being queued, and merged after the replay.
+    Once live, ``after`` (set by the replay) is the last durable ``seq`` sent: a durable
+    event at or below it is not sent again.
     """
 
-    __slots__ = ("key_header", "order", "owner", "pattern", "policy", "recovering")
+    __slots__ = ("after", "key_header", "order", "owner", "pattern", "policy", "recovering")
 
     def __init__(
         self, owner: Connection, pattern: str, policy: Policy, key_header: str, order: int
@@ -45,6 +47,7 @@ class Subscription:
         self.key_header = key_header
         self.order = order
         self.recovering: list[tuple[int, Entry]] | None = None
+        self.after: int | None = None
 
 
 class Connection:

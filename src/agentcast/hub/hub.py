@@ -357,7 +357,7 @@ class Hub:
         consumer groups if it is durable). Local publishes and the cluster link use it."""
         if self.observer is not None:
             self.observer(topic, envelope)
-        self._fan_out(topic, envelope, headers, seq)
+        self._fan_out(topic, envelope, headers, seq, durable)
         if durable and self.groups is not None:
             self.groups.appended(topic, seq)
 
@@ -403,7 +403,13 @@ class Hub:
             self.cluster.published(cmd.topic, envelope)
         return result
 
-    def _fan_out(self, topic: str, envelope: bytes, headers: dict[str, str], seq: int) -> None:
+    def _fan_out(
+        self, topic: str, envelope: bytes, headers: dict[str, str], seq: int, durable: bool
+    ) -> None:
+        """Queue the event on every matching subscription; a durable event goes to a resumed
+        subscription only above the last position it was sent (``Subscription.after``), so
+        a position reaching this node late or twice (a late broker delivery, a cluster feed
+        catching up from history) never reaches the client again."""
         subs = self.index.match(topic)
         if not subs:
             return
@@ -412,6 +418,10 @@ class Hub:
         entries: dict[tuple[Policy, str], Entry] = {}
         dirty = self._dirty
         for sub in subs:
+            if durable and sub.after is not None:
+                if seq <= sub.after:
+                    continue
+                sub.after = seq
             variant = (sub.policy, sub.key_header)
             entry = entries.get(variant)
             if entry is None:

@@ -127,7 +127,8 @@ async def run_replay(hub: Hub, plan: RecoveryPlan) -> None:
         cursor = await _send_events(hub, sub, plan.events, 0)
         if plan.page_from is not None:
             cursor = await _page(hub, sub, max(cursor, plan.page_from))
-        await _merge_parked(hub, sub, cursor)
+        # The subscription starts after the position its reply named, whatever was replayed.
+        await _merge_parked(hub, sub, max(cursor, plan.last_seq))
     except _Stopped:
         return
     except Exception:
@@ -171,16 +172,30 @@ async def _page(hub: Hub, sub: Subscription, cursor: int) -> int:
 
 
 async def _merge_parked(hub: Hub, sub: Subscription, cursor: int) -> None:
-    """Send the parked live events after ``cursor`` in pages; go live once none is left."""
+    """Send the parked live events after ``cursor`` in pages; go live once none is left.
+
+    Parked events that do not follow ``cursor`` (in a cluster, the events between were
+    committed by another node after the history was read and never came through the broker,
+    or not yet) are preceded by the history up to them. Going live records ``cursor`` as the
+    subscription's start (:attr:`Subscription.after`) and tells the cluster feed of the topic
+    where this subscription continues (:meth:`ClusterLink.resumed`)."""
     page_size = hub.config.replay_page
+    filled_from = -1
     while True:
         if not _current(sub):
             raise _Stopped
         parked = sub.recovering
         assert parked is not None
+        if parked and parked[0][0] > cursor + 1 and cursor != filled_from:
+            filled_from = cursor
+            cursor = await _page(hub, sub, cursor)
+            continue
         if not parked:
             sub.recovering = None
             sub.owner.recovering.pop(sub.pattern, None)
+            sub.after = cursor
+            if hub.cluster is not None:
+                hub.cluster.resumed(sub.pattern, cursor)
             return
         page = parked[:page_size]
         del parked[:page_size]
