@@ -33,6 +33,10 @@ from agentcast.protocol.topics import is_pattern
 
 log = logging.getLogger(__name__)
 
+# What a broken link raises: redis-py's errors, socket errors, and (on uvloop) a
+# RuntimeError from a write to a transport that the reset already closed.
+_LINK_ERRORS = (RedisError, OSError, RuntimeError)
+
 RETRY_INITIAL = 0.1
 RETRY_MAX = 2.0
 MAX_PIPELINE = 512
@@ -130,17 +134,24 @@ class RedisBroker:
                 for channel, message in batch:
                     pipe.publish(channel, message)
                 await pipe.execute()
-            except (RedisError, OSError) as exc:
+            except _LINK_ERRORS as exc:
                 if self._closing:
                     return
                 self._set_health(False)
-                log.warning("redis publish failed (%s); retrying in %.1fs", exc, delay)
+                log.warning("redis publish failed (%r); retrying in %.1fs", exc, delay)
+                await self._drop_connections()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
             delay = RETRY_INITIAL
             for _ in batch:
                 self._queue.popleft()
+
+    async def _drop_connections(self) -> None:
+        """Forget the command connections, so the next publish opens a fresh one instead
+        of writing to a transport the failure closed."""
+        with contextlib.suppress(*_LINK_ERRORS):
+            await self._client.connection_pool.disconnect()
 
     # -- interests ---------------------------------------------------------------------
 
@@ -163,7 +174,7 @@ class RedisBroker:
             try:
                 async with self._pubsub_lock:
                     await self._sync_interests()
-            except (RedisError, OSError) as exc:
+            except _LINK_ERRORS as exc:
                 # The reader notices the broken link and subscribes everything again.
                 log.warning("redis (un)subscribe failed: %s", exc)
 
@@ -215,9 +226,9 @@ class RedisBroker:
                     self._set_health(True)
                     delay = RETRY_INITIAL
                 message = await self._pubsub.get_message(timeout=1.0)
-            except (RedisError, OSError) as exc:
+            except _LINK_ERRORS as exc:
                 self._set_health(False)
-                log.warning("redis subscription lost (%s); retrying in %.1fs", exc, delay)
+                log.warning("redis subscription lost (%r); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
@@ -230,8 +241,9 @@ class RedisBroker:
 
     async def _resubscribe(self) -> None:
         async with self._pubsub_lock:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*_LINK_ERRORS):
                 await self._pubsub.aclose()
+            await self._drop_connections()
             await self._client.ping()
             self._pubsub = self._client.pubsub()
             self._subscribed = set()
