@@ -116,26 +116,25 @@ def test_enable_wal_waits_for_a_lock_sqlite_does_not_wait_for(tmp_path: Path) ->
 def test_several_processes_may_open_a_new_file_at_once(tmp_path: Path) -> None:
     """Opening converts the file to WAL; a second opener at that moment must wait, not fail
     (SQLite answers "database is locked" there without calling its busy handler)."""
-    import multiprocessing
+    import subprocess
+    import sys
 
-    context = multiprocessing.get_context("spawn")
+    script = (
+        "import asyncio, sys; from pathlib import Path;"
+        "from agentcast.storage.sqlite import SqliteHistoryStore as S\n"
+        "async def run():\n"
+        "    s = S(Path(sys.argv[1])); await s.open(); await s.close()\n"
+        "asyncio.run(run())"
+    )
     for attempt in range(3):
         path = tmp_path / f"shared-{attempt}.db"
-        with context.Pool(4) as pool:
-            results = pool.map(_open_and_close, [str(path)] * 8)
-        assert results == ["ok"] * 8
-
-
-def _open_and_close(path: str) -> str:
-    import asyncio
-
-    async def run() -> None:
-        store = SqliteHistoryStore(Path(path))
-        await store.open()
-        await store.close()
-
-    try:
-        asyncio.run(run())
-    except Exception as exc:  # reported to the parent, which asserts on it
-        return repr(exc)
-    return "ok"
+        openers = [
+            subprocess.Popen([sys.executable, "-c", script, str(path)], stderr=subprocess.PIPE)
+            for _ in range(6)
+        ]
+        failures = []
+        for opener in openers:
+            _, err = opener.communicate(timeout=60)
+            if opener.returncode != 0:
+                failures.append(err.decode(errors="replace")[-300:])
+        assert failures == []
