@@ -130,3 +130,12 @@ async def test_the_log_replays_byte_for_byte(store: WorkflowStore) -> None:
     assert report.identical and report.steps == 5
     tampered = [*entries[:-1], type(entries[-1])(5, entries[-1].input, b"{}", entries[-1].state)]
     assert [d.part for d in replay(counter, "r5", tampered).differences] == ["effects"]
+
+
+async def test_a_sqlite_store_creates_its_directory(tmp_path: Any) -> None:
+    store = WorkflowStore(open_db(f"sqlite:///{tmp_path}/new/dir/wf.db"), Engine([counter]))
+    await store.open()
+    try:
+        assert (await store.process([event("start", run="r9")])).applied == 1
+    finally:
+        await store.close()

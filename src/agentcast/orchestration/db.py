@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from agentcast.outbox.dsn import parse_dsn
@@ -116,6 +117,7 @@ class SqliteDb:
         return self._open_conn()
 
     def open(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None)
         conn.execute("PRAGMA busy_timeout=10000")
         init_sqlite_connection(conn)
