@@ -17,7 +17,7 @@ from agentcast.config import ServerConfig
 from agentcast.hub.durability import DurableRule
 from agentcast.node import Node
 from tests.orchestration.crashflow import OUT
-from tests.orchestration.test_crash import check_outputs, publish_run, wait_for_counts
+from tests.orchestration.test_crash import assert_counts, check_outputs, publish_run
 from tests.outbox.helpers import history
 from tests.pg import pg_history_url
 
@@ -64,8 +64,8 @@ async def test_work_moves_to_the_other_nodes_when_one_stops(tmp_path: Path, pg_w
             await leaving.stop()
             rest = dict(list(runs.items())[3:])
             await asyncio.gather(*(publish_run(client, r, v) for r, v in rest.items()))
-            await wait_for_counts(pg_wf_dsn, {r: len(v) for r, v in runs.items()}, 60)
             events = await history(client, OUT, total)
+            await assert_counts(pg_wf_dsn, {r: len(v) for r, v in runs.items()})
             last = await client.subscribe(OUT, last=1)
             assert last.position is not None and last.position.seq == total
         check_outputs(events, runs)
